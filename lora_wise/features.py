@@ -1,0 +1,223 @@
+"""Exact spectral features of LoRA layers: singular values of A, B and BA, and Frobenius norms.
+
+For a layer ``delta W = s * B @ A`` (``B`` d x r, ``A`` r x k, ``s = alpha / r``) the
+features are the singular values of ``A``, ``B`` and ``s * BA``, each zero-padded to
+the rank, and their Frobenius norms.
+
+``BA`` is d x k (up to 1280 x 1280 in SD 1.5) but has rank at most r, so its
+singular values are never computed from the dense product: with thin QR
+factorizations ``B = Q_B R_B`` and ``A^T = Q_A R_A``, ``BA = Q_B (R_B R_A^T) Q_A^T``
+and the orthonormal factors do not change singular values, so
+``sv(BA) = sv(R_B R_A^T)``, an r x r problem.
+
+The R factors come from Cholesky QR: ``R = chol(G)^T`` for the float64 Gram
+matrix ``G = B^T B`` (resp. ``A A^T``), computed with one batched GEMM for all
+layers of the same shape.  For a float32 input this is exact to float64
+round-off; where a factor is rank deficient (Cholesky needs G positive
+definite) the layer falls back to Householder QR, which is exact for any input.
+The singular values of A and B are the square roots of the eigenvalues of the
+same Gram matrices.
+
+:class:`FeatureTable` holds the features of a whole dataset; it is filled one
+model at a time, so memory does not grow with the size of the LoRAs read.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .lora import LoRAFormatError, LoRAWeights
+
+#: The matrices DSiRe reads per layer.
+MATRICES: tuple[str, ...] = ("A", "B", "BA")
+
+
+@dataclass
+class ModelFeatures:
+    """Features of one LoRA: per matrix, singular values (L, r) and Frobenius norms (L,)."""
+
+    layer_names: tuple[str, ...]
+    sv: dict[str, np.ndarray]
+    norms: dict[str, np.ndarray]
+
+    @property
+    def rank(self) -> int:
+        return self.sv["A"].shape[1]
+
+
+class SpectralExtractor:
+    """Computes :class:`ModelFeatures`; keeps its float64 work buffers across models.
+
+    ``rank`` fixes the length of the singular-value vectors (default: the LoRA's
+    largest layer rank); layers of lower rank are zero-padded.
+    """
+
+    def __init__(self, rank: int | None = None):
+        self.rank = rank
+        self._buffers: dict[tuple[int, ...], np.ndarray] = {}
+
+    def _buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        buf = self._buffers.get(shape)
+        if buf is None:
+            buf = self._buffers[shape] = np.empty(shape, dtype=np.float64)
+        return buf
+
+    def __call__(self, weights: LoRAWeights) -> ModelFeatures:
+        names = tuple(weights)
+        rank = self.rank or weights.rank
+        if weights.rank > rank:
+            raise LoRAFormatError(f"LoRA has rank {weights.rank} but features were asked for rank {rank}")
+        n = len(names)
+        sv = {m: np.zeros((n, rank), dtype=np.float32) for m in MATRICES}
+        norms = {m: np.zeros(n, dtype=np.float32) for m in MATRICES}
+        groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+        for i, name in enumerate(names):
+            layer = weights[name]
+            groups[(layer.rank, *layer.shape)].append(i)
+        for (r, d, k), index in groups.items():
+            layers = [weights[names[i]] for i in index]
+            out = self._group(layers, r, d, k)
+            scale = np.array([1.0 if l.scale is None else l.scale for l in layers])
+            width = out["A"].shape[1]
+            for m in MATRICES:
+                values = out[m] * (np.abs(scale)[:, None] if m == "BA" else 1.0)
+                sv[m][index, :width] = values
+                norms[m][index] = np.sqrt(np.square(values).sum(axis=1))
+        return ModelFeatures(layer_names=names, sv=sv, norms=norms)
+
+    def _group(self, layers: list, r: int, d: int, k: int) -> dict[str, np.ndarray]:
+        """Singular values (n, min(r, d, k) or r) of A, B and BA for layers of one shape."""
+        n = len(layers)
+        if min(d, k) < r:  # tiny layers: Gram matrices are singular by construction
+            return _householder(layers)
+        a64 = self._buffer((n, r, k))
+        b64 = self._buffer((n, d, r))
+        for j, layer in enumerate(layers):
+            a64[j] = layer.A
+            b64[j] = layer.B
+        gram_a = np.matmul(a64, a64.transpose(0, 2, 1))  # A A^T  (n, r, r)
+        gram_b = np.matmul(b64.transpose(0, 2, 1), b64)  # B^T B  (n, r, r)
+        try:
+            lower_a = np.linalg.cholesky(gram_a)  # A A^T = L L^T, so R_A = L^T (A^T = Q_A R_A)
+            lower_b = np.linalg.cholesky(gram_b)
+        except np.linalg.LinAlgError:
+            return _householder(layers, a64, b64)
+        if not (_well_conditioned(lower_a) and _well_conditioned(lower_b)):
+            return _householder(layers, a64, b64)
+        # R_B R_A^T = L_B^T L_A
+        core = np.matmul(lower_b.transpose(0, 2, 1), lower_a)
+        return {
+            "A": _sqrt_eig(gram_a),
+            "B": _sqrt_eig(gram_b),
+            "BA": np.linalg.svd(core, compute_uv=False),
+        }
+
+
+def _well_conditioned(lower: np.ndarray) -> bool:
+    """Cholesky of a nearly singular Gram loses the small singular values; hand those to QR."""
+    diag = np.abs(np.diagonal(lower, axis1=1, axis2=2))
+    top = diag.max(axis=1)
+    return bool(np.all(diag.min(axis=1) > 1e-6 * np.maximum(top, np.finfo(np.float64).tiny)))
+
+
+def _sqrt_eig(gram: np.ndarray) -> np.ndarray:
+    values = np.linalg.eigvalsh(gram)[:, ::-1]
+    return np.sqrt(np.clip(values, 0.0, None))
+
+
+def _householder(layers: list, a64: np.ndarray | None = None, b64: np.ndarray | None = None) -> dict:
+    """Householder QR path: exact for rank-deficient, all-zero and tiny factors."""
+    out: dict[str, list] = {m: [] for m in MATRICES}
+    for j, layer in enumerate(layers):
+        a = a64[j] if a64 is not None else layer.A.astype(np.float64)
+        b = b64[j] if b64 is not None else layer.B.astype(np.float64)
+        r_a = np.linalg.qr(a.T, mode="r")  # A^T = Q_A R_A
+        r_b = np.linalg.qr(b, mode="r")  # B = Q_B R_B
+        out["A"].append(np.linalg.svd(r_a, compute_uv=False))
+        out["B"].append(np.linalg.svd(r_b, compute_uv=False))
+        out["BA"].append(np.linalg.svd(r_b @ r_a.T, compute_uv=False))
+    width = max(len(v) for m in MATRICES for v in out[m])
+    return {m: np.stack([np.pad(v, (0, width - len(v))) for v in out[m]]) for m in MATRICES}
+
+
+def extract(weights: LoRAWeights, rank: int | None = None) -> ModelFeatures:
+    """Features of one LoRA (see :class:`SpectralExtractor`)."""
+    return SpectralExtractor(rank)(weights)
+
+
+@dataclass
+class FeatureTable:
+    """Features of many LoRA snapshots with their labels, filled one model at a time.
+
+    ``sv[m]`` is (N, L, r) and ``norms[m]`` (N, L) for m in A, B, BA; row i belongs
+    to ``model_ids[i]`` with label ``dataset_sizes[i]``.
+    """
+
+    layer_names: tuple[str, ...]
+    rank: int
+    sv: dict[str, np.ndarray] = field(repr=False)
+    norms: dict[str, np.ndarray] = field(repr=False)
+    model_ids: list[str]
+    dataset_sizes: np.ndarray
+    micro_dataset_indices: np.ndarray
+    steps: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.model_ids)
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> "FeatureTable":
+        rows = np.asarray(rows, dtype=np.int64)
+        return FeatureTable(
+            layer_names=self.layer_names, rank=self.rank,
+            sv={m: v[rows] for m, v in self.sv.items()},
+            norms={m: v[rows] for m, v in self.norms.items()},
+            model_ids=[self.model_ids[i] for i in rows], dataset_sizes=self.dataset_sizes[rows],
+            micro_dataset_indices=self.micro_dataset_indices[rows], steps=self.steps[rows])
+
+    def rows_of(self, micro_dataset_indices: Iterable[int]) -> np.ndarray:
+        """Row numbers of the models whose micro-dataset is among ``micro_dataset_indices``."""
+        return np.flatnonzero(np.isin(self.micro_dataset_indices, list(micro_dataset_indices)))
+
+    @classmethod
+    def build(cls, records: Iterable[tuple[dict, LoRAWeights]], rank: int | None = None,
+              expected: int | None = None) -> "FeatureTable":
+        """Stream ``(labels, weights)`` pairs into a table.
+
+        ``labels`` needs ``model_id``, ``dataset_size``, ``micro_dataset_index`` and ``step``.
+        Every model must adapt the same layers as the first one.
+        """
+        extractor = SpectralExtractor(rank)
+        chunks: dict[str, list] = defaultdict(list)
+        meta: dict[str, list] = defaultdict(list)
+        layer_names: tuple[str, ...] | None = None
+        for labels, weights in records:
+            feats = extractor(weights)
+            if layer_names is None:
+                layer_names = feats.layer_names
+                extractor.rank = feats.rank
+            elif feats.layer_names != layer_names:
+                missing = sorted(set(layer_names) - set(feats.layer_names))
+                extra = sorted(set(feats.layer_names) - set(layer_names))
+                raise LoRAFormatError(
+                    f"{labels.get('model_id')}: its layers differ from the first model's "
+                    f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                    f"extra {extra[:3]}{'...' if len(extra) > 3 else ''}); a table needs one architecture")
+            for m in MATRICES:
+                chunks["sv_" + m].append(feats.sv[m])
+                chunks["norm_" + m].append(feats.norms[m])
+            for key in ("model_id", "dataset_size", "micro_dataset_index", "step"):
+                meta[key].append(labels[key])
+        if layer_names is None:
+            raise ValueError("no models to build a feature table from")
+        return cls(
+            layer_names=layer_names, rank=extractor.rank,
+            sv={m: np.stack(chunks["sv_" + m]) for m in MATRICES},
+            norms={m: np.stack(chunks["norm_" + m]) for m in MATRICES},
+            model_ids=list(meta["model_id"]),
+            dataset_sizes=np.asarray(meta["dataset_size"], dtype=np.int64),
+            micro_dataset_indices=np.asarray(meta["micro_dataset_index"], dtype=np.int64),
+            steps=np.asarray(meta["step"], dtype=np.int64))

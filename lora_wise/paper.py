@@ -1,0 +1,64 @@
+"""The paper's reported numbers (Tables 2-9), to print beside ours.
+
+``resources/paper_results.csv`` holds every number of Salama et al. (2024),
+Tables 2-9: mean and standard deviation over 10 repetitions of MAE, MAPE (%)
+and accuracy (%), keyed by table, size range, backbone, rank, method and
+variant (ablation).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from .configs import BenchmarkConfig
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    table: int
+    data_range: str
+    backbone: str
+    rank: int
+    method: str
+    variant: str
+    mae: float
+    mae_std: float
+    mape: float
+    mape_std: float
+    accuracy: float
+    accuracy_std: float
+
+
+@lru_cache(maxsize=1)
+def paper_results() -> tuple[PaperResult, ...]:
+    text = resources.files("lora_wise").joinpath("resources/paper_results.csv").read_text()
+    rows = []
+    for row in csv.DictReader(text.splitlines()):
+        rows.append(PaperResult(
+            table=int(row["table"]), data_range=row["data_range"], backbone=row["backbone"],
+            rank=int(row["rank"]), method=row["method"], variant=row["variant"],
+            mae=float(row["mae"]), mae_std=float(row["mae_std"]), mape=float(row["mape_pct"]),
+            mape_std=float(row["mape_pct_std"]), accuracy=float(row["acc_pct"]),
+            accuracy_std=float(row["acc_pct_std"])))
+    return tuple(rows)
+
+
+def paper_result(config: BenchmarkConfig, method: str, variant: str = "") -> PaperResult | None:
+    """The paper's figure for ``method`` on a config, or None where the paper reports none.
+
+    Miniature configs have no paper figure.  ``variant`` selects an ablation row
+    (``"matrices=A"``, ``"average-vote"``, ``"steps=300"`` ...); the plain method is
+    the row without a variant (or the full-model/majority-vote row that equals it).
+    """
+    if config.miniature:
+        return None
+    plain = {"", "majority-vote", "matrices=A+B+BA"}
+    for row in paper_results():
+        if (row.data_range == config.size_range and row.backbone == config.backbone_name
+                and row.rank == config.rank and row.method == method
+                and (row.variant == variant or (not variant and row.variant in plain))):
+            return row
+    return None
