@@ -1,0 +1,23 @@
+"""Shared fixtures: an isolated cache and synthetic LoRA-WiSE datasets."""
+
+from __future__ import annotations
+
+import pytest
+
+from synthetic import write_synthetic_benchmark
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test writes its caches (datasets, leaderboard) under a temp dir, never the user's."""
+    cache = tmp_path_factory.getbasetemp() / "lora-wise-cache"
+    monkeypatch.setenv("LORA_WISE_CACHE", str(cache))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def synthetic_benchmark(tmp_path_factory):
+    """A folder holding a synthetic build of mini_low_r8 (all 20 micro-datasets) and mini_medium_r8."""
+    root = tmp_path_factory.mktemp("bench") / "lora-wise"
+    return write_synthetic_benchmark(root, configs=("mini_low_r8", "mini_medium_r8"))
