@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# evaluate copies metric scripts into HF_MODULES_CACHE, read once at import: keep it out of the user's home.
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="lora-wise-hf-modules-"))
 
 from synthetic import write_synthetic_benchmark
 

@@ -1,0 +1,110 @@
+"""Loading a LoRA-WiSE folder, streaming features, and the protocol runner on it."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from datasets import load_dataset
+
+from lora_wise.configs import UnknownConfigError, get_config
+from lora_wise.data import DatasetLayoutError, feature_table, labels, load_benchmark
+from lora_wise.features import extract
+from lora_wise.lora import read_lora
+from lora_wise.protocol import run_protocol, write_predictions
+from lora_wise.splits import standard_split
+from synthetic import model_rows, synthetic_lora
+
+
+def test_load_dataset_round_trip_from_the_parent_folder(synthetic_benchmark, monkeypatch):
+    monkeypatch.chdir(synthetic_benchmark.parent)
+    ds = load_dataset("lora-wise", "mini_low_r8", cache_dir=str(synthetic_benchmark.parent / "hf"))
+    assert set(ds) == {"train", "test"}
+    cfg = get_config("mini_low_r8")
+    split = standard_split(cfg)
+    assert {r for r in ds["train"]["micro_dataset_index"]} == set(split.train)
+    assert {r for r in ds["test"]["micro_dataset_index"]} == set(split.test)
+    row = ds["test"][0]
+    assert isinstance(row["lora"], bytes)
+    # the bytes read back are the bytes written
+    expected = synthetic_lora(row["dataset_size"], row["seed"], cfg.rank)
+    assert row["lora"] == expected
+    assert read_lora(row).naming == "peft"
+
+
+def test_labels_and_feature_table(synthetic_benchmark):
+    test = labels(synthetic_benchmark, "mini_low_r8", "test")
+    assert len(test.model_ids) == 14 * 6 and len(set(test.model_ids)) == len(test.model_ids)
+    table = feature_table(synthetic_benchmark, "mini_low_r8")
+    assert len(table) == 120 and table.sv["BA"].shape[1:] == (8, 8)
+    row = table.model_ids.index(test.model_ids[0])
+    weights = read_lora(synthetic_lora(int(table.dataset_sizes[row]), 0, 8))  # any model: shapes
+    assert table.layer_names == tuple(weights)
+    # features in the table are the features of the stored LoRA
+    ds = load_benchmark(synthetic_benchmark, "mini_low_r8", "test")
+    stored = next(r for r in ds if r["model_id"] == test.model_ids[0])
+    np.testing.assert_array_equal(table.sv["BA"][row], extract(read_lora(stored["lora"]), 8).sv["BA"])
+
+
+def test_aliases_unknown_configs_and_steps(synthetic_benchmark, tmp_path):
+    with pytest.raises(UnknownConfigError, match="has no config 'medium_r32'.*mini_low_r8"):
+        load_benchmark(synthetic_benchmark, "medium_32")
+    with pytest.raises(UnknownConfigError, match="unknown config 'mini_lo'"):
+        load_benchmark(synthetic_benchmark, "mini_lo")
+    with pytest.raises(DatasetLayoutError, match="no snapshots at step 7.*300"):
+        labels(synthetic_benchmark, "mini_low_r8", "test", step=7)
+    with pytest.raises(DatasetLayoutError, match="unknown split"):
+        load_benchmark(synthetic_benchmark, "mini_low_r8", "validation")
+    with pytest.raises(DatasetLayoutError, match="not a LoRA-WiSE dataset"):
+        load_benchmark(tmp_path, "mini_low_r8")
+
+
+def test_checkpoint_step_is_selected_among_snapshots(tmp_path):
+    from lora_wise.layout import render_card, write_shards
+
+    for split, rows in model_rows("mini_low_r8", micro_datasets=8, steps=(100, 200, 300)).items():
+        write_shards(rows, tmp_path, "mini_low_r8", split)
+    render_card(tmp_path)
+    assert set(feature_table(tmp_path, "mini_low_r8").steps.tolist()) == {300}
+    assert set(feature_table(tmp_path, "mini_low_r8", step=100).steps.tolist()) == {100}
+    assert len(feature_table(tmp_path, "mini_low_r8", step=None)) == 3 * len(feature_table(tmp_path, "mini_low_r8"))
+
+
+def test_protocol_standard_and_paper(synthetic_benchmark, tmp_path):
+    table = feature_table(synthetic_benchmark, "mini_low_r8")
+    standard = run_protocol(table, "mini_low_r8", "dsire")
+    paper = run_protocol(table, "mini_low_r8", "dsire", protocol="paper")
+    assert len(standard.draws) == 1 and len(paper.draws) == 10
+    assert paper.draws[0].metrics == standard.draws[0].metrics
+    assert paper.std("mae") > 0 and 0 < paper.mean("accuracy") <= 100
+    # the synthetic norm falls with size, so the baseline is far above chance (1/6)
+    assert standard.standard.metrics["accuracy"] > 35
+    # test predictions cover exactly the test models of the standard split
+    test = labels(synthetic_benchmark, "mini_low_r8", "test")
+    assert sorted(standard.standard.model_ids) == sorted(test.model_ids)
+    path = write_predictions(standard.standard, tmp_path / "pred.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert rows[0].keys() == {"model_id", "prediction"} and len(rows) == len(test.model_ids)
+    assert "paper" in standard.format() and "miniature" in standard.format()
+
+
+def test_fewer_training_micro_datasets(synthetic_benchmark):
+    table = feature_table(synthetic_benchmark, "mini_medium_r8")
+    one = run_protocol(table, "mini_medium_r8", "dsire", protocol="paper", train_micro_datasets=1)
+    assert all(len(set(table.micro_dataset_indices[table.rows_of(d.split.train[:1])])) == 1 for d in one.draws)
+    assert one.mean("accuracy") > 100 / 6
+
+
+def test_protocol_refuses_a_draw_without_models(synthetic_benchmark, tmp_path):
+    from lora_wise.layout import render_card, write_shards
+
+    split = standard_split("mini_low_r8")
+    only_test = [i for i in range(20) if i in split.test]
+    rows = model_rows("mini_low_r8", micro_datasets=20)["test"]
+    write_shards([r for r in rows if r["micro_dataset_index"] in only_test], tmp_path, "mini_low_r8", "test")
+    render_card(tmp_path)
+    table = feature_table(tmp_path, "mini_low_r8", splits=("test",))
+    with pytest.raises(ValueError, match="no train models.*build more micro-datasets"):
+        run_protocol(table, "mini_low_r8")
