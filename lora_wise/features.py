@@ -10,13 +10,16 @@ factorizations ``B = Q_B R_B`` and ``A^T = Q_A R_A``, ``BA = Q_B (R_B R_A^T) Q_A
 and the orthonormal factors do not change singular values, so
 ``sv(BA) = sv(R_B R_A^T)``, an r x r problem.
 
-The R factors come from Cholesky QR: ``R = chol(G)^T`` for the float64 Gram
-matrix ``G = B^T B`` (resp. ``A A^T``), computed with one batched GEMM for all
-layers of the same shape.  For a float32 input this is exact to float64
-round-off; where a factor is rank deficient (Cholesky needs G positive
-definite) the layer falls back to Householder QR, which is exact for any input.
-The singular values of A and B are the square roots of the eigenvalues of the
-same Gram matrices.
+How, cheaply: the float64 Gram matrices ``A A^T`` and ``B^T B`` of all layers of
+one shape come from one batched GEMM each.  ``R_A`` is their Cholesky QR
+(``A A^T = L L^T``, ``R_A = L^T``), and ``C = R_B R_A^T`` satisfies
+``C^T C = L^T (B^T B) L``, so the squared singular values of A, B and BA are the
+eigenvalues of three symmetric r x r matrices per layer, solved in one batched
+LAPACK call.  For float32 input this is exact to float64 round-off (about
+1e-8 of the largest singular value, far below float32 resolution).  Where A is
+rank deficient or badly conditioned, Cholesky cannot give ``R_A`` exactly and
+the layer takes Householder QR of ``B`` and ``A^T`` and the SVD of the core
+instead, exact for any input (all-zero factors included).
 
 :class:`FeatureTable` holds the features of a whole dataset; it is filled one
 model at a time, so memory does not grow with the size of the LoRAs read.
@@ -73,27 +76,47 @@ class SpectralExtractor:
             raise LoRAFormatError(f"LoRA has rank {weights.rank} but features were asked for rank {rank}")
         n = len(names)
         sv = {m: np.zeros((n, rank), dtype=np.float32) for m in MATRICES}
-        norms = {m: np.zeros(n, dtype=np.float32) for m in MATRICES}
         groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
         for i, name in enumerate(names):
             layer = weights[name]
             groups[(layer.rank, *layer.shape)].append(i)
+        # Gram matrices of every layer, grouped by rank so that all r x r eigenproblems of one
+        # rank go to LAPACK in a single batched call.
+        grams: dict[int, list[tuple[list[int], np.ndarray]]] = defaultdict(list)
         for (r, d, k), index in groups.items():
             layers = [weights[names[i]] for i in index]
-            out = self._group(layers, r, d, k)
-            scale = np.array([1.0 if l.scale is None else l.scale for l in layers])
-            width = out["A"].shape[1]
-            for m in MATRICES:
-                values = out[m] * (np.abs(scale)[:, None] if m == "BA" else 1.0)
-                sv[m][index, :width] = values
-                norms[m][index] = np.sqrt(np.square(values).sum(axis=1))
+            if min(d, k) < r:  # tiny layers: the Gram matrices are singular by construction
+                self._store(sv, index, _householder(layers))
+                continue
+            stacks, a64, b64 = self._grams(layers, r, d, k)
+            if stacks is None:  # A is rank deficient: Cholesky QR cannot give R_A exactly
+                self._store(sv, index, _householder(layers, a64, b64))
+                continue
+            grams[r].append((index, stacks))
+        for r, parts in grams.items():
+            index = [i for part_index, _ in parts for i in part_index]
+            stacked = np.concatenate([stack for _, stack in parts], axis=1)  # (3, n, r, r)
+            values = _sqrt_eig(stacked.reshape(-1, r, r)).reshape(3, len(index), r)
+            self._store(sv, index, dict(zip(MATRICES, values)))
+        scales = np.array([1.0 if weights[name].scale is None else abs(weights[name].scale) for name in names])
+        sv["BA"] *= scales[:, None].astype(np.float32)
+        norms = {m: np.sqrt(np.square(sv[m], dtype=np.float64).sum(axis=1)).astype(np.float32) for m in MATRICES}
         return ModelFeatures(layer_names=names, sv=sv, norms=norms)
 
-    def _group(self, layers: list, r: int, d: int, k: int) -> dict[str, np.ndarray]:
-        """Singular values (n, min(r, d, k) or r) of A, B and BA for layers of one shape."""
+    @staticmethod
+    def _store(sv: dict, index: list[int], values: dict) -> None:
+        for m in MATRICES:
+            sv[m][index, : values[m].shape[1]] = values[m]
+
+    def _grams(self, layers: list, r: int, d: int, k: int):
+        """(3, n, r, r) matrices whose eigenvalues are the squared singular values of A, B, BA
+        (None where A is too ill-conditioned for Cholesky QR), and the float64 factors.
+
+        With ``A A^T = L L^T`` (Cholesky; ``R_A = L^T`` is the R factor of ``A^T``) the core
+        ``C = R_B R_A^T = R_B L`` has ``C^T C = L^T (B^T B) L``: the singular values of BA come
+        from an r x r matrix, and B needs no factorization at all.
+        """
         n = len(layers)
-        if min(d, k) < r:  # tiny layers: Gram matrices are singular by construction
-            return _householder(layers)
         a64 = self._buffer((n, r, k))
         b64 = self._buffer((n, d, r))
         for j, layer in enumerate(layers):
@@ -102,19 +125,13 @@ class SpectralExtractor:
         gram_a = np.matmul(a64, a64.transpose(0, 2, 1))  # A A^T  (n, r, r)
         gram_b = np.matmul(b64.transpose(0, 2, 1), b64)  # B^T B  (n, r, r)
         try:
-            lower_a = np.linalg.cholesky(gram_a)  # A A^T = L L^T, so R_A = L^T (A^T = Q_A R_A)
-            lower_b = np.linalg.cholesky(gram_b)
+            lower = np.linalg.cholesky(gram_a)
         except np.linalg.LinAlgError:
-            return _householder(layers, a64, b64)
-        if not (_well_conditioned(lower_a) and _well_conditioned(lower_b)):
-            return _householder(layers, a64, b64)
-        # R_B R_A^T = L_B^T L_A
-        core = np.matmul(lower_b.transpose(0, 2, 1), lower_a)
-        return {
-            "A": _sqrt_eig(gram_a),
-            "B": _sqrt_eig(gram_b),
-            "BA": np.linalg.svd(core, compute_uv=False),
-        }
+            return None, a64, b64
+        if not _well_conditioned(lower):
+            return None, a64, b64
+        core = np.matmul(np.matmul(lower.transpose(0, 2, 1), gram_b), lower)
+        return np.stack([gram_a, gram_b, core]), a64, b64
 
 
 def _well_conditioned(lower: np.ndarray) -> bool:
