@@ -178,3 +178,7 @@ def _cmd_baseline(args) -> int:
     else:
         print(result.format())
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
