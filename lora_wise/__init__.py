@@ -26,10 +26,12 @@ _LAZY = {
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name == "metrics":  # the evaluate module package; imports evaluate, so only on demand
+        return importlib.import_module(".metrics", __name__)
     raise AttributeError(f"module 'lora_wise' has no attribute {name!r}")
 
 
