@@ -62,3 +62,18 @@ def paper_result(config: BenchmarkConfig, method: str, variant: str = "") -> Pap
                 and (row.variant == variant or (not variant and row.variant in plain))):
             return row
     return None
+
+
+def paper_counterpart(config: BenchmarkConfig, method: str) -> tuple[PaperResult | None, str]:
+    """The paper's figure to show beside a config, and what it is.
+
+    A paper config gets its own row.  A miniature config gets the paper's Table 2 row for the
+    same size range (SD 1.5, rank 32): not the same experiment, but the figure it stands in for.
+    """
+    own = paper_result(config, method)
+    if own is not None:
+        return own, f"paper, Table {own.table}"
+    for row in paper_results():
+        if row.table == 2 and row.data_range == config.size_range and row.method == method:
+            return row, f"paper, Table 2 ({row.backbone.upper()}, rank {row.rank}, same size range)"
+    return None, "no paper figure"
