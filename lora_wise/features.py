@@ -27,9 +27,11 @@ model at a time, so memory does not grow with the size of the LoRAs read.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -37,6 +39,48 @@ from .lora import LoRAFormatError, LoRAWeights
 
 #: The matrices DSiRe reads per layer.
 MATRICES: tuple[str, ...] = ("A", "B", "BA")
+
+T = TypeVar("T")
+
+
+def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
+
+    Reading the next LoRA (file I/O, safetensors parsing) overlaps with the features of the
+    current one (BLAS and LAPACK release the GIL), while memory stays bounded: at most
+    ``depth + 1`` models are alive at once.  Exceptions surface in the consumer.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put((True, item))
+            buffer.put((True, done))
+        except BaseException as exc:  # handed to the consumer
+            buffer.put((False, exc))
+
+    thread = threading.Thread(target=produce, name="lora-wise-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = buffer.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.01)
 
 
 @dataclass
@@ -202,7 +246,8 @@ class FeatureTable:
     @classmethod
     def build(cls, records: Iterable[tuple[dict, LoRAWeights]], rank: int | None = None,
               expected: int | None = None) -> "FeatureTable":
-        """Stream ``(labels, weights)`` pairs into a table.
+        """Stream ``(labels, weights)`` pairs into a table (the next pair is read while the
+        current one's features are computed; see :func:`prefetch`).
 
         ``labels`` needs ``model_id``, ``dataset_size``, ``micro_dataset_index`` and ``step``.
         Every model must adapt the same layers as the first one.
@@ -211,7 +256,7 @@ class FeatureTable:
         chunks: dict[str, list] = defaultdict(list)
         meta: dict[str, list] = defaultdict(list)
         layer_names: tuple[str, ...] | None = None
-        for labels, weights in records:
+        for labels, weights in prefetch(records):
             feats = extractor(weights)
             if layer_names is None:
                 layer_names = feats.layer_names
