@@ -55,7 +55,9 @@ PUBLISHED_SUBSETS = ("low_8", "low_16", "low_32", "medium_16", "medium_32", "med
 PUBLISHED_SPLIT = "train"
 LABEL, NAME = "label", "name"
 #: Rows converted per Arrow batch while importing (memory: batch x one model's nested lists).
-IMPORT_BATCH_ROWS = 4
+IMPORT_BATCH_ROWS = 2
+#: What ``layout.write_shards`` counts per row beside its LoRA bytes when it sizes shards.
+_ROW_LABEL_BYTES = 1024
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -346,8 +348,11 @@ class _PublishedReader:
 
         row = 0
         for path in self.files:
-            parquet = pq.ParquetFile(path)
-            for batch in parquet.iter_batches(batch_size=batch_rows, columns=self.tensor_columns):
+            # A buffered stream without pre-buffering and a single decoding thread: measured on
+            # SD-1.5-sized rows, this reads as fast as the defaults with about half the memory.
+            parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=self.tensor_columns,
+                                              use_threads=False):
                 for i in range(batch.num_rows):
                     yield row, batch, i
                     row += 1
@@ -362,7 +367,7 @@ class _PublishedReader:
 
 
 def _import_subset(subset: str, files: list[Path], out: Path, staging: Path, batch_rows: int,
-                   progress: bool) -> ImportedSubset:
+                   max_shard_bytes: int, progress: bool) -> ImportedSubset:
     from tqdm.auto import tqdm
 
     cfg = get_config(subset)
@@ -378,41 +383,49 @@ def _import_subset(subset: str, files: list[Path], out: Path, staging: Path, bat
                      f"kept as published")
     if len(models) != cfg.num_models:
         notes.append(f"{len(models)} models; the full config has {cfg.num_models}")
-    rounded, layers = [0], []
+    rounded, layers = 0, None
     recipe = cfg.recipe.to_json()
-    bar = tqdm(total=len(models), desc=f"importing {subset}", unit="model", disable=not progress)
+    pending: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    pending_bytes = dict.fromkeys(SPLITS, 0)
 
-    def rows(split: str) -> Iterator[dict]:
+    def flush(split: str) -> None:  # one more shard of ``split`` in the staging folder
+        write_shards(pending[split], staging, cfg.name, split, max_shard_bytes=max_shard_bytes, replace=False)
+        pending[split], pending_bytes[split] = [], 0
+
+    # One pass over the source: decoding nested lists is the slow part, so each row is
+    # decoded once and routed to its split's buffer, which is written out shard by shard.
+    with tqdm(total=len(models), desc=f"importing {subset}", unit="model", disable=not progress) as bar:
         for row, batch, i in reader.rows(batch_rows):
             model = models[row]
-            if model.split != split:
-                continue
             where = f"{subset} row {row} (name {model.name!r}, label {model.label})"
             tensors, was_rounded = reader.tensors(batch, i, where)
-            rounded[0] += was_rounded
+            rounded += was_rounded
             weights = read_lora(tensors, name=where)
-            if not layers:
-                layers.append(tuple(weights))
-            elif tuple(weights) != layers[0]:
-                missing = sorted(set(layers[0]) - set(weights))
+            if layers is None:
+                layers = tuple(weights)
+            elif tuple(weights) != layers:
+                missing = sorted(set(layers) - set(weights))
                 raise ValueError(f"{where}: adapts other layers than the first row (missing "
                                  f"{missing[:3]}); every model of a subset must adapt the same layers")
             if weights.ranks != {cfg.rank}:
                 raise ValueError(f"{where}: LoRA of rank {'/'.join(map(str, sorted(weights.ranks)))} but "
                                  f"{cfg.name} has rank {cfg.rank}; is the subset name right?")
+            lora = peft_safetensors(weights, alpha=cfg.lora_alpha)
+            row_bytes = len(lora) + _ROW_LABEL_BYTES
+            if pending[model.split] and pending_bytes[model.split] + row_bytes > max_shard_bytes:
+                flush(model.split)
+            pending[model.split].append({
+                "model_id": model.model_id, "config": cfg.name, "micro_dataset": model.micro_dataset,
+                "micro_dataset_index": model.index, "dataset_size": model.label, "rank": cfg.rank,
+                "backbone": cfg.backbone_name, "step": cfg.checkpoint_step, "seed": cfg.recipe.seed,
+                "image_ids": [], "recipe": recipe, "lora": lora})
+            pending_bytes[model.split] += row_bytes
             bar.update()
-            yield {"model_id": model.model_id, "config": cfg.name, "micro_dataset": model.micro_dataset,
-                   "micro_dataset_index": model.index, "dataset_size": model.label, "rank": cfg.rank,
-                   "backbone": cfg.backbone_name, "step": cfg.checkpoint_step, "seed": cfg.recipe.seed,
-                   "image_ids": [], "recipe": recipe, "lora": peft_safetensors(weights, alpha=cfg.lora_alpha)}
-
-    try:
-        for split in SPLITS:
-            write_shards(rows(split), staging, cfg.name, split)
-    finally:
-        bar.close()
-    if rounded[0]:
-        notes.append(f"{rounded[0]} tensors held float64 values that float32 cannot represent exactly; "
+    for split in SPLITS:
+        if pending[split]:
+            flush(split)
+    if rounded:
+        notes.append(f"{rounded} tensors held float64 values that float32 cannot represent exactly; "
                      f"they were rounded to float32")
     files_written = _commit(staging, out, cfg.name)
     counts = Counter(m.split for m in models)
@@ -442,7 +455,8 @@ def _commit(staging: Path, out: Path, config: str) -> list[Path]:
 
 
 def import_official(src: str | os.PathLike, out: str | os.PathLike, subsets: Iterable[str] | None = None,
-                    *, progress: bool = True, batch_rows: int = IMPORT_BATCH_ROWS) -> list[ImportedSubset]:
+                    *, progress: bool = True, batch_rows: int = IMPORT_BATCH_ROWS,
+                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[ImportedSubset]:
     """Convert published-layout subsets (a local folder or a Hub id) into LoRA-WiSE's layout under ``out``.
 
     Every subset found is imported unless ``subsets`` names some.  A subset's models
@@ -484,7 +498,8 @@ def import_official(src: str | os.PathLike, out: str | os.PathLike, subsets: Ite
     results = []
     try:
         for subset in wanted:
-            results.append(_import_subset(subset, found[subset], out, staging, batch_rows, progress))
+            results.append(_import_subset(subset, found[subset], out, staging, batch_rows, max_shard_bytes,
+                                          progress))
             shutil.rmtree(staging, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

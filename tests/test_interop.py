@@ -4,6 +4,10 @@ The tests write folders in the published layout themselves (one nested-list
 column per tensor in old diffusers naming, ``label``, ``name``, one ``train``
 split), import them, run a baseline on the result, export back, and compare
 every factor with the originals bit for bit.
+
+Every folder read through ``datasets`` has a name no other test uses: datasets
+5.2 keys its cache of a local folder by the folder's name and its card's
+``configs:``, not by the files, so two folders of one name would share a cache.
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ def published(tmp_path_factory):
 @pytest.fixture(scope="module")
 def imported(published, tmp_path_factory):
     root, models = published
-    out = tmp_path_factory.mktemp("imported") / "lora-wise"
+    out = tmp_path_factory.mktemp("imported") / "imported-release"
     results = import_official(root, out, progress=False)
     return out, results, models
 
@@ -145,9 +149,9 @@ def test_baseline_runs_on_imported_release(imported):
 
 def test_export_writes_published_layout_and_round_trips(imported, tmp_path):
     out, _, models = imported
-    exported = export_official(out, "medium_r16", tmp_path / "export", progress=False)
+    exported = export_official(out, "medium_r16", tmp_path / "medium-published", progress=False)
     assert exported.subset == "medium_16" and exported.models == 300
-    files = sorted((tmp_path / "export" / "data" / "medium_16").glob("train-*.parquet"))
+    files = sorted((tmp_path / "medium-published" / "data" / "medium_16").glob("train-*.parquet"))
     assert files and files == sorted(exported.files)
     schema = pq.read_schema(files[0])
     assert set(schema.names) == {"label", "name", *published_columns()}
@@ -155,15 +159,15 @@ def test_export_writes_published_layout_and_round_trips(imported, tmp_path):
 
     import datasets
 
-    loaded = datasets.load_dataset(str(tmp_path / "export"), "medium_16", split="train")
+    loaded = datasets.load_dataset(str(tmp_path / "medium-published"), "medium_16", split="train")
     assert loaded.num_rows == 300 and sorted(set(loaded["name"])) == list(range(1, 51))
     first = loaded[0]
     original = by_model(models["medium_16"])[(str(first["name"]), first["label"])]
     column = published_columns()[1]
     np.testing.assert_array_equal(np.asarray(first[column], dtype=np.float32), original[column])
 
-    back = tmp_path / "back"
-    [result] = import_official(tmp_path / "export", back, progress=False)
+    back = tmp_path / "medium-round-trip"
+    [result] = import_official(tmp_path / "medium-published", back, progress=False)
     assert result.config == "medium_r16"
     originals = by_model(models["medium_16"])
     count = 0
@@ -174,15 +178,15 @@ def test_export_writes_published_layout_and_round_trips(imported, tmp_path):
 
 
 def test_export_and_import_of_a_miniature_build_through_the_cli(synthetic_benchmark, tmp_path, capsys):
-    assert main(["export-official", str(synthetic_benchmark), "mini_low_r8", str(tmp_path / "pub")]) == 0
+    assert main(["export-official", str(synthetic_benchmark), "mini_low_r8", str(tmp_path / "mini-published")]) == 0
     assert "exported 120 models of mini_low_r8" in capsys.readouterr().out
-    table = pq.read_table(tmp_path / "pub" / "data" / "mini_low_r8")
+    table = pq.read_table(tmp_path / "mini-published" / "data" / "mini_low_r8")
     assert sorted(set(table.column("name").to_pylist())) == list(range(1, 21))  # no names: numbered 1..M
 
-    assert main(["import-official", str(tmp_path / "pub"), str(tmp_path / "back")]) == 0
+    assert main(["import-official", str(tmp_path / "mini-published"), str(tmp_path / "mini-round-trip")]) == 0
     assert "imported 120 models of mini_low_r8 as mini_low_r8" in capsys.readouterr().out
     original = {(m["micro_dataset_index"], m["dataset_size"]): w for m, w in iter_models(synthetic_benchmark, "mini_low_r8")}
-    back = {(m["micro_dataset_index"], m["dataset_size"]): (m, w) for m, w in iter_models(tmp_path / "back", "mini_low_r8")}
+    back = {(m["micro_dataset_index"], m["dataset_size"]): (m, w) for m, w in iter_models(tmp_path / "mini-round-trip", "mini_low_r8")}
     assert set(back) == set(original)
     for key, (meta, weights) in back.items():
         assert list(weights) == list(original[key])
@@ -261,7 +265,7 @@ def test_import_errors_name_the_problem(tmp_path, published):
 def test_a_bad_row_leaves_the_previous_import_untouched(tmp_path, published, capsys):
     _, models = published
     rows = models["medium_16"]
-    out = tmp_path / "out"
+    out = tmp_path / "kept-import"
     import_official(_one_subset(tmp_path / "good", "medium_16", rows), out, progress=False)
     before = {p: p.read_bytes() for p in sorted((out / "data").rglob("*.parquet"))}
     half = [dict(r) for r in rows]
@@ -292,12 +296,15 @@ def test_import_notes_what_it_changed_or_skipped(tmp_path, published):
     rows = [dict(r, source="civitai") for r in models["medium_16"][:6]]
     column = published_columns()[0]
     rows[0] = dict(rows[0], **{column: rows[0][column].astype(np.float64) + 1e-12})  # beyond float32
-    [result] = import_official(_one_subset(tmp_path, "medium_16", rows), tmp_path / "out", progress=False)
+    [result] = import_official(_one_subset(tmp_path, "medium_16", rows), tmp_path / "noted-import", progress=False,
+                               max_shard_bytes=50_000)  # ~2 models per shard
+    assert len(result.files) >= 3 and all(p.stat().st_size < 50_000 for p in result.files)
+    assert sum(1 for _ in iter_models(tmp_path / "noted-import", "medium_r16")) == 6
     notes = " | ".join(result.notes)
     assert "1 tensors held float64 values" in notes
     assert "ignored 1 column(s) that are not LoRA tensors: source" in notes
     assert "6 models; the full config has 300" in notes
-    [weights] = [w for m, w in iter_models(tmp_path / "out", "medium_r16")
+    [weights] = [w for m, w in iter_models(tmp_path / "noted-import", "medium_r16")
                  if (m["micro_dataset"], m["dataset_size"]) == (str(rows[0]["name"]), rows[0]["label"])]
     layer = PUBLISHED_LAYERS[0][0]
     np.testing.assert_array_equal(weights[layer].A, rows[0][column].astype(np.float32))
