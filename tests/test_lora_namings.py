@@ -1,7 +1,7 @@
 """read_lora on real files of every naming family, checked against PEFT's own delta weights.
 
-One LoRA lives in a miniature SD-architecture pipeline (diffusers UNet, VAE, CLIP
-text encoder; random init is enough for naming).  It is written out by PEFT
+One LoRA lives in the miniature SD-architecture pipeline (``builder.backbones``;
+random init is enough for naming).  It is written out by PEFT
 (``get_peft_model_state_dict``, raw ``state_dict`` with adapter names and
 prefixes, ``save_pretrained``), by diffusers' own ``save_lora_weights``, and
 converted by hand into diffusers' legacy and kohya namings.  Every file must
@@ -44,6 +44,15 @@ def _tokenizer_files(folder):
 
 
 def mini_pipeline(folder):
+    """The project's miniature SD pipeline (random init), or a local one where the builder is absent."""
+    try:
+        from builder.backbones import create_miniature_pipeline
+    except ImportError:  # the builder stage is optional; the naming checks do not depend on it
+        return _local_mini_pipeline(folder)
+    return create_miniature_pipeline()
+
+
+def _local_mini_pipeline(folder):
     """A miniature StableDiffusionPipeline (seeded: two calls give the same base weights)."""
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
