@@ -1,0 +1,143 @@
+"""Matplotlib figures shared by the leaderboard Space and the project's report.
+
+Every function returns a ``matplotlib.figure.Figure`` built without pyplot (no
+global state, no GUI backend, safe in the Space's worker threads) and never shows
+it; callers save it (``fig.savefig``) or hand it to ``gr.Plot``.  matplotlib is
+imported inside the functions, so importing this module costs nothing.
+
+Leaderboard: ``plot_confusion_matrix`` (one entry: true size against predicted size
+snapped to the nearest true size) and ``plot_metrics_by_method`` (MAE, MAPE and
+accuracy per config and method).  Report, after the paper: ``plot_norm_vs_size``
+(Fig. 2a: the spread of the mean Frobenius norm per dataset size),
+``plot_layer_accuracy`` (Fig. 3: accuracy of each layer on its own) and
+``plot_accuracy_vs_train_size`` (Fig. 5: accuracy against the number of training
+micro-datasets).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+METRIC_LABELS = {"mae": "MAE (images) ↓", "mape": "MAPE (%) ↓", "accuracy": "accuracy (%) ↑"}
+
+
+def _figure(width: float = 6.4, height: float = 4.8, ncols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def plot_confusion_matrix(labels: Sequence, matrix, title: str = "Confusion matrix"):
+    """Counts of (true size, predicted size snapped to the nearest true size), annotated."""
+    matrix = np.asarray(matrix)
+    if matrix.shape != (len(labels), len(labels)):
+        raise ValueError(f"a confusion matrix over {len(labels)} sizes must be {len(labels)}x{len(labels)}, "
+                         f"got {matrix.shape}")
+    fig, (ax,) = _figure(5.2, 4.6)
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, label="models")
+    ticks = np.arange(len(labels))
+    ax.set_xticks(ticks, [str(x) for x in labels])
+    ax.set_yticks(ticks, [str(x) for x in labels])
+    ax.set_xlabel("predicted size (nearest true size)")
+    ax.set_ylabel("true size")
+    ax.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(int(count)), ha="center", va="center",
+                color="white" if count > threshold else "black", fontsize=8)
+    return fig
+
+
+def _value(entry, key):
+    return entry[key] if isinstance(entry, dict) else getattr(entry, key)
+
+
+def plot_metrics_by_method(entries: Iterable, title: str = "Leaderboard by config and method"):
+    """Grouped bars of MAE, MAPE and accuracy: one group per config, one bar per method.
+
+    ``entries`` are leaderboard ``Entry`` objects (or dicts with config, method, mae,
+    mape, accuracy); where a method has several entries on a config, its best (lowest
+    MAE) is drawn.  Bar containers are labelled with the method name.
+    """
+    best: dict[tuple[str, str], object] = {}
+    for entry in entries:
+        key = (_value(entry, "config"), _value(entry, "method"))
+        if key not in best or _value(entry, "mae") < _value(best[key], "mae"):
+            best[key] = entry
+    configs = sorted({c for c, _ in best})
+    methods = sorted({m for _, m in best})
+    fig, axes = _figure(5.0 * 3, 4.2, ncols=3)
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(configs))
+    for ax, metric in zip(axes, ("mae", "mape", "accuracy")):
+        for i, method in enumerate(methods):
+            heights = [float(_value(best[(c, method)], metric)) if (c, method) in best else np.nan for c in configs]
+            ax.bar(x + (i - (len(methods) - 1) / 2) * width, heights, width, label=method)
+        ax.set_xticks(x, configs, rotation=20, ha="right")
+        ax.set_ylabel(METRIC_LABELS[metric])
+        ax.set_title(METRIC_LABELS[metric].split(" ")[0])
+        ax.grid(axis="y", alpha=0.3)
+    if methods:
+        axes[0].legend(fontsize=8)
+    else:
+        axes[1].text(0.5, 0.5, "no entries yet", ha="center", va="center", transform=axes[1].transAxes)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_norm_vs_size(dataset_sizes: Sequence, norms: Sequence, title: str = "LoRA norm against dataset size"):
+    """The paper's Fig. 2a: the distribution of a per-model norm (e.g. the mean Frobenius
+    norm over layers) for each dataset size, as one box per size."""
+    sizes = np.asarray(dataset_sizes)
+    values = np.asarray(norms, dtype=float)
+    if sizes.shape != values.shape:
+        raise ValueError(f"{len(sizes)} dataset sizes for {len(values)} norms: give one norm per model")
+    labels = sorted(set(sizes.tolist()))
+    fig, (ax,) = _figure()
+    positions = np.arange(1, len(labels) + 1)
+    ax.boxplot([values[sizes == s] for s in labels], positions=positions, medianprops={"gid": "median"})
+    ax.set_xticks(positions, [str(s) for s in labels])
+    ax.set_xlabel("dataset size (images)")
+    ax.set_ylabel("mean Frobenius norm of BA")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_layer_accuracy(layer_names: Sequence[str], accuracies: Sequence, title: str = "Accuracy per layer"):
+    """Fig. 3-style: the accuracy of each layer's classifier alone, one bar per layer."""
+    accuracies = np.asarray(accuracies, dtype=float)
+    if len(layer_names) != len(accuracies):
+        raise ValueError(f"{len(layer_names)} layer names for {len(accuracies)} accuracies")
+    fig, (ax,) = _figure(max(6.4, 0.18 * len(layer_names)), 4.8)
+    ax.bar(np.arange(len(layer_names)), accuracies, color="tab:blue")
+    ax.set_xticks(np.arange(len(layer_names)), list(layer_names), rotation=90, fontsize=6)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xlabel("layer")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_accuracy_vs_train_size(n_train: Sequence, mean: Sequence, std: Sequence | None = None,
+                                title: str = "Accuracy against training micro-datasets"):
+    """Fig. 5: mean accuracy (± std over draws) against the number of training micro-datasets."""
+    n_train = np.asarray(n_train)
+    mean = np.asarray(mean, dtype=float)
+    std = np.zeros_like(mean) if std is None else np.asarray(std, dtype=float)
+    if not (n_train.shape == mean.shape == std.shape):
+        raise ValueError(f"n_train, mean and std must have one value each per point, got "
+                         f"{n_train.shape}, {mean.shape}, {std.shape}")
+    fig, (ax,) = _figure()
+    ax.errorbar(n_train, mean, yerr=std, marker="o", capsize=3)
+    ax.fill_between(n_train, mean - std, mean + std, alpha=0.15)
+    ax.set_xlabel("training micro-datasets")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig
