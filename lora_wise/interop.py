@@ -43,7 +43,7 @@ import numpy as np
 
 from .configs import BenchmarkConfig, UnknownConfigError, get_config
 from .layout import (DEFAULT_MAX_SHARD_BYTES, atomic_write_bytes, data_dir, render_card, shard_name,
-                     shard_paths, write_shards, write_table)
+                     shard_paths, write_shards)
 from .lora import LoRAWeights, _is_lora_key, read_lora
 from .schema import SPLITS, model_id
 from .splits import standard_split
@@ -549,6 +549,17 @@ def _published_table(rows: list[tuple[int, object, LoRAWeights]], layers: tuple[
     return pa.table(columns)
 
 
+def _write_published_shard(table, path: Path) -> None:
+    """One Parquet file, atomically.  Dictionary encoding only for ``label`` and ``name``: on
+    float matrices it never pays, and skipping it wrote an SD-1.5 shard 5x faster and 1/3 smaller."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", use_dictionary=[LABEL, NAME])
+    atomic_write_bytes(path, sink.getvalue())
+
+
 def _write_published_card(out: Path, subset: str) -> Path:
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -597,7 +608,7 @@ def export_official(dataset: str | os.PathLike, config: str, out: str | os.PathL
     def flush() -> None:
         nonlocal batch, size
         path = staging / shard_name(PUBLISHED_SPLIT, len(written))
-        write_table(_published_table(batch, layers, named), path)
+        _write_published_shard(_published_table(batch, layers, named), path)
         written.append(path)
         batch, size = [], 0
 
