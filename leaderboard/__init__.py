@@ -9,7 +9,7 @@ The flow, one direction::
     references.load_references: the true sizes of one split of one config, read from a
         │  LoRA-WiSE dataset (a folder or a Hub repo id) with ``lora_wise.data.labels``
         ▼
-    submit.submit: every model predicted exactly once, scored with the
+    scoring.submit: every model predicted exactly once, scored with the
         │  ``dataset_size_recovery`` metric (MAE, MAPE, accuracy, per size, confusion matrix)
         ▼
     store: an append-only SQLite file (default) or a Hub dataset repo (a public Space)
@@ -18,7 +18,7 @@ The flow, one direction::
                                                 the Gradio Space (``app.py``), figures.py
 
 Every entry point -- ``lora-wise submit``, the Space's upload form, the reference
-baselines (``baselines.add_baselines``) -- goes through ``submit.submit``, so a file
+baselines (``baselines.add_baselines``) -- goes through ``scoring.submit``, so a file
 the CLI rejects is rejected the same way in the browser and nothing is stored on
 any error.  Gradio and matplotlib are imported only by ``app.py`` and ``figures.py``.
 """
@@ -26,7 +26,7 @@ any error.  Gradio and matplotlib are imported only by ``app.py`` and ``figures.
 from __future__ import annotations
 
 _LAZY = {
-    "submit": "submit", "SubmitResult": "submit",
+    "submit": "scoring", "SubmitResult": "scoring",
     "SubmissionError": "submission", "read_submission": "submission",
     "Entry": "entries", "rank_entries": "entries",
     "SQLiteStore": "store", "HubDatasetStore": "store", "open_store": "store",

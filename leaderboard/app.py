@@ -3,7 +3,7 @@
 One tab per config (those the reference dataset holds, and any with entries): a
 sortable ranked table (method, authors, MAE, MAPE, accuracy, date, reference or
 submission) and the confusion matrix of a chosen entry; a tab with MAE, MAPE and
-accuracy per config and method; and an upload form that calls ``submit.submit`` --
+accuracy per config and method; and an upload form that calls ``scoring.submit`` --
 the same validation as ``lora-wise submit`` -- and shows its error in the page.
 
 Configured by environment variables, as a Space is:
@@ -29,7 +29,7 @@ from leaderboard.entries import Entry, board_rows, rank_entries
 from leaderboard.references import DEFAULT_SPLIT, available_configs, default_dataset
 from leaderboard.store import Store, open_store
 from leaderboard.submission import MAX_BYTES, MAX_ROWS, SubmissionError
-from leaderboard.submit import submit
+from leaderboard.scoring import submit
 
 TITLE = "LoRA-WiSE leaderboard"
 INTRO = """\

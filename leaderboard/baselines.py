@@ -15,7 +15,7 @@ from .entries import predictions_sha256
 from .references import available_configs, default_dataset, load_references, resolve_config
 from .store import Store, open_store
 from .submission import ParsedSubmission, SubmissionError
-from .submit import SubmitResult, submit
+from .scoring import SubmitResult, submit
 
 #: Baseline name in ``lora_wise.baselines`` -> method name on the leaderboard.
 REFERENCE_METHODS = {"dsire": "DSiRe (reference)", "frobenius-nn": "Frobenius-NN (reference)"}

@@ -1,7 +1,7 @@
 """``lora-wise submit`` and ``lora-wise leaderboard {show,serve,add-baselines}``.
 
 Argument parsing and printing only; every handler calls one library function
-(``submit.submit``, ``store.open_store().entries``, ``app.launch``,
+(``scoring.submit``, ``store.open_store().entries``, ``app.launch``,
 ``baselines.add_baselines``).  Errors surface as ``SubmissionError`` /
 ``StoreError`` (a ``ValueError`` / ``RuntimeError``), which ``lora_wise.cli`` prints
 as one ``error:`` line with exit status 2.
@@ -93,7 +93,7 @@ def _store(args):
 
 
 def _cmd_submit(args) -> int:
-    from .submit import submit
+    from .scoring import submit
 
     result = submit(args.predictions, method=args.method, config=args.config, split=args.split,
                     authors=args.authors, link=args.link, dataset=args.dataset, store=_store(args))

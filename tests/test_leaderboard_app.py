@@ -71,6 +71,21 @@ def test_view_shows_configs_tables_and_validation_errors(store, synthetic_benchm
     assert ok and "Rank 1 of 3" in message and len(store.entries()) == 3
 
 
+def test_space_entry_point_is_configured_by_the_environment(store, synthetic_benchmark, monkeypatch):
+    import gradio as gr
+
+    import leaderboard.app as app
+
+    monkeypatch.setenv("LORA_WISE_DATASET", str(synthetic_benchmark))
+    monkeypatch.setenv("LORA_WISE_LEADERBOARD_DB", str(store.path))
+    demo = app.demo  # what `gradio app.py` and a Space pick up
+    assert isinstance(demo, gr.Blocks)
+    ids = {block.elem_id for block in demo.blocks.values()}
+    assert {"board-mini_low_r8", "board-mini_medium_r8", "submit-file", "submit-status", "overview"} <= ids
+    table = next(b for b in demo.blocks.values() if b.elem_id == "board-mini_low_r8")
+    assert len(table.value["data"]) == 2  # the two reference baselines in the store the env points at
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
