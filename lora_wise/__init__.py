@@ -21,7 +21,7 @@ from .splits import draws, standard_split
 
 _LAZY = {
     "load_benchmark": "data", "feature_table": "data", "iter_models": "data", "labels": "data",
-    "run_protocol": "protocol", "compute_metrics": "metrics.dataset_size_recovery",
+    "run_protocol": "protocol", "compute_metrics": "metrics.dataset_size_recovery.scores",
 }
 
 

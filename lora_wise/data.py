@@ -33,20 +33,44 @@ class DatasetLayoutError(ValueError):
     """The dataset exists but does not hold what was asked (config, split, step, columns)."""
 
 
-def _available_configs(path: str) -> list[str]:
-    from datasets import get_dataset_config_names
+def local_data_files(root: str | os.PathLike) -> dict[str, dict[str, list[str]]]:
+    """config -> split -> absolute Parquet paths, from a local folder's card ``configs:`` YAML."""
+    from huggingface_hub import DatasetCard
 
-    try:
-        return list(get_dataset_config_names(path, download_config=None))
-    except Exception:  # noqa: BLE001 - only used to enrich an error message
-        return []
+    root = Path(root)
+    card = root / "README.md"
+    if not card.is_file():
+        raise DatasetLayoutError(f"{root}: no README.md with a `configs:` section; this folder is not a "
+                                 f"LoRA-WiSE dataset (build one with `lora-wise build --out {root}`)")
+    entries = DatasetCard.load(card).data.to_dict().get("configs") or []
+    out: dict[str, dict[str, list[str]]] = {}
+    for entry in entries:
+        data_files = entry.get("data_files") or []
+        if isinstance(data_files, (str, dict)):
+            data_files = [data_files] if isinstance(data_files, dict) else [{"split": "train", "path": data_files}]
+        splits: dict[str, list[str]] = {}
+        for item in data_files:
+            patterns = item["path"] if isinstance(item["path"], list) else [item["path"]]
+            files = sorted({str(p.resolve()) for pattern in patterns for p in root.glob(pattern)})
+            splits[item.get("split", "train")] = files
+        out[entry["config_name"]] = splits
+    return out
 
 
-def load_benchmark(path: str | os.PathLike, config: str, split: str | None = None):
+def load_benchmark(path: str | os.PathLike, config: str, split: str | None = None,
+                   columns: list[str] | None = None, streaming: bool = False):
     """``datasets.load_dataset(path, config)`` with LoRA-WiSE's names and errors.
 
     Returns a ``DatasetDict`` with ``train`` and ``test`` (or one ``Dataset`` when
-    ``split`` is given).  ``config`` may be an alias (``medium_32``).
+    ``split`` is given).  ``config`` may be an alias (``medium_32``).  ``columns`` reads only
+    those columns (Parquet is columnar: the LoRA bytes are then never read); ``streaming``
+    returns iterable datasets (on the Hub, only the needed column chunks are fetched).
+
+    A local folder is read through the Parquet files its card lists, by absolute path:
+    ``datasets`` keys its cache for ``load_dataset(folder, config)`` on the folder's name and
+    card, so a rebuilt folder (or another folder of the same name) would come back stale,
+    while the Parquet loader keys on the files themselves.  A Hub repo id goes to
+    ``load_dataset(repo_id, config)``, whose cache follows the repo's revision.
     """
     import datasets
 
@@ -54,38 +78,55 @@ def load_benchmark(path: str | os.PathLike, config: str, split: str | None = Non
     if split is not None and split not in SPLITS:
         raise DatasetLayoutError(f"unknown split {split!r}: LoRA-WiSE configs have {', '.join(SPLITS)}")
     where = str(path)
-    if os.path.exists(where) and not Path(where, "README.md").is_file():
-        raise DatasetLayoutError(f"{where}: no README.md with a `configs:` section; this folder is not a "
-                                 f"LoRA-WiSE dataset (build one with `lora-wise build --out {where}`)")
-    try:
-        loaded = datasets.load_dataset(where, name, split=split, cache_dir=str(cache_dir("datasets")))
-    except ValueError as exc:
-        if "not found" in str(exc).lower() or "config" in str(exc).lower():
-            available = _available_configs(where)
+    cache = str(cache_dir("datasets"))
+    if os.path.exists(where):
+        available = local_data_files(where)
+        if name not in available:
             raise UnknownConfigError(
                 f"{where} has no config {name!r}"
-                + (f"; it has {', '.join(available)}" if available else "")
-                + ". Build it with `lora-wise build --config " + name + "`.") from exc
-        raise
+                + (f"; it has {', '.join(sorted(available))}" if available else "")
+                + f". Build it with `lora-wise build --config {name} --out {where}`.")
+        files = {s: f for s, f in available[name].items() if split in (None, s)}
+        empty = [s for s, f in files.items() if not f] or ([] if files else [split])
+        if empty:
+            raise DatasetLayoutError(f"{where} [{name}]: no Parquet files for split(s) {', '.join(empty)}; "
+                                     f"the folder is incomplete: rerun the build to finish it")
+        loaded = datasets.load_dataset("parquet", data_files=files, split=split, cache_dir=cache,
+                                       columns=columns, streaming=streaming)
+    else:
+        try:
+            loaded = datasets.load_dataset(where, name, split=split, cache_dir=cache, columns=columns,
+                                           streaming=streaming)
+        except ValueError as exc:
+            if "not found" in str(exc).lower() or "config" in str(exc).lower():
+                raise UnknownConfigError(f"{where} has no config {name!r} ({exc}).") from exc
+            raise
     parts = [loaded] if split is not None else [loaded[s] for s in loaded]
     for part in parts:
-        missing = [c for c in COLUMNS if c not in part.column_names]
+        present = part.column_names or list(part.features or {})
+        missing = [c for c in (columns or COLUMNS) if c not in present]
         if missing:
             raise DatasetLayoutError(f"{where} [{name}] lacks columns {missing}; is this the published "
                                      f"layout? Convert it with `lora-wise import-official`.")
     return loaded
 
 
+def _step_mask(steps: np.ndarray, cfg: BenchmarkConfig, step: int | str | None, where: str) -> np.ndarray:
+    """Which snapshots are at ``step`` (the config's checkpoint, a number, or None for all)."""
+    if step is None:
+        return np.ones(len(steps), dtype=bool)
+    wanted = cfg.checkpoint_step if step == CHECKPOINT else int(step)
+    keep = steps == wanted
+    if not keep.any() and len(steps):
+        raise DatasetLayoutError(f"{where} [{cfg.name}] has no snapshots at step {wanted}; it has steps "
+                                 f"{sorted(set(steps.tolist()))}. Pass one of them as the step.")
+    return keep
+
+
 def _select_step(dataset, cfg: BenchmarkConfig, step: int | str | None, where: str):
     if step is None:
         return dataset
-    wanted = cfg.checkpoint_step if step == CHECKPOINT else int(step)
-    steps = dataset.data.column("step").to_numpy()
-    rows = np.flatnonzero(steps == wanted)
-    if len(rows) == 0 and len(steps):
-        raise DatasetLayoutError(f"{where} [{cfg.name}] has no snapshots at step {wanted}; it has steps "
-                                 f"{sorted(set(steps.tolist()))}. Pass one of them as the step.")
-    return dataset.select(rows)
+    return dataset.select(np.flatnonzero(_step_mask(dataset.data.column("step").to_numpy(), cfg, step, where)))
 
 
 @dataclass
@@ -100,13 +141,32 @@ class SplitLabels:
         return dict(zip(self.model_ids, self.dataset_sizes.tolist()))
 
 
-def labels(path: str | os.PathLike, config: str, split: str = "test", step: int | str | None = CHECKPOINT) -> SplitLabels:
-    """Model ids and true dataset sizes of one split (what the leaderboard scores against)."""
+_LABELS = ["model_id", "dataset_size", "micro_dataset_index", "step"]
+
+
+def labels(path: str | os.PathLike, config: str, split: str = "test", step: int | str | None = CHECKPOINT,
+           streaming: bool | None = None) -> SplitLabels:
+    """Model ids and true dataset sizes of one split (what the leaderboard scores against).
+
+    Reads only the label columns: never the LoRA weights.  ``streaming`` (default: for Hub
+    repos) fetches just those column chunks instead of downloading whole shards.
+    """
     cfg = get_config(config)
-    ds = _select_step(load_benchmark(path, cfg.name, split), cfg, step, str(path))
-    table = ds.data.select(["model_id", "dataset_size", "micro_dataset_index"]).to_pydict()
-    return SplitLabels(model_ids=table["model_id"], dataset_sizes=np.asarray(table["dataset_size"]),
-                 micro_dataset_indices=np.asarray(table["micro_dataset_index"]))
+    where = str(path)
+    if streaming is None:
+        streaming = not os.path.exists(where)
+    ds = load_benchmark(path, cfg.name, split, columns=_LABELS, streaming=streaming)
+    if hasattr(ds, "data"):
+        table = ds.data.select(_LABELS).to_pydict()
+    else:  # streamed from the Hub
+        table = {c: [] for c in _LABELS}
+        for row in ds:
+            for c in _LABELS:
+                table[c].append(row[c])
+    keep = _step_mask(np.asarray(table["step"]), cfg, step, where)
+    return SplitLabels(model_ids=[m for m, k in zip(table["model_id"], keep) if k],
+                       dataset_sizes=np.asarray(table["dataset_size"])[keep],
+                       micro_dataset_indices=np.asarray(table["micro_dataset_index"])[keep])
 
 
 def iter_models(path: str | os.PathLike, config: str, splits: tuple[str, ...] = SPLITS,

@@ -42,9 +42,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .configs import BenchmarkConfig, UnknownConfigError, get_config
-from .layout import (DEFAULT_MAX_SHARD_BYTES, atomic_write_bytes, data_dir, render_card, shard_name,
-                     shard_paths, write_shards)
-from .lora import LoRAWeights, _is_lora_key, read_lora
+from .layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir, render_card,
+                     shard_name, shard_paths, write_shards)
+from .lora import LoRAWeights, is_lora_key, read_lora
 from .schema import SPLITS, model_id
 from .splits import standard_split
 
@@ -56,8 +56,6 @@ PUBLISHED_SPLIT = "train"
 LABEL, NAME = "label", "name"
 #: Rows converted per Arrow batch while importing (memory: batch x one model's nested lists).
 IMPORT_BATCH_ROWS = 2
-#: What ``layout.write_shards`` counts per row beside its LoRA bytes when it sizes shards.
-_ROW_LABEL_BYTES = 1024
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -309,7 +307,7 @@ class _PublishedReader:
         nested = [f.name for f in schema if f.name not in (LABEL, NAME)
                   and (pa.types.is_list(f.type) or pa.types.is_large_list(f.type)
                        or pa.types.is_fixed_size_list(f.type))]
-        self.tensor_columns = [c for c in nested if _is_lora_key(c)]
+        self.tensor_columns = [c for c in nested if is_lora_key(c)]
         self.ignored = [c for c in columns if c not in (LABEL, NAME) and c not in self.tensor_columns]
         if not self.tensor_columns:
             raise ValueError(f"{subset} ({files[0]}) has no LoRA tensor columns: expected nested-list columns "
@@ -411,7 +409,7 @@ def _import_subset(subset: str, files: list[Path], out: Path, staging: Path, bat
                 raise ValueError(f"{where}: LoRA of rank {'/'.join(map(str, sorted(weights.ranks)))} but "
                                  f"{cfg.name} has rank {cfg.rank}; is the subset name right?")
             lora = peft_safetensors(weights, alpha=cfg.lora_alpha)
-            row_bytes = len(lora) + _ROW_LABEL_BYTES
+            row_bytes = len(lora) + ROW_LABEL_BYTES
             if pending[model.split] and pending_bytes[model.split] + row_bytes > max_shard_bytes:
                 flush(model.split)
             pending[model.split].append({

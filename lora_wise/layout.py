@@ -29,6 +29,8 @@ from .schema import COLUMNS, SCHEMA, SPLITS
 
 #: Upper bound on a shard's size; the Hub and ``datasets`` work best with shards of a few hundred MB.
 DEFAULT_MAX_SHARD_BYTES = 256 * 1024 * 1024
+#: What a row costs in a shard besides its LoRA bytes (labels, image ids, recipe), for sizing shards.
+ROW_LABEL_BYTES = 1024
 _SHARD = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})\.parquet$")
 
 
@@ -82,13 +84,20 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{c: row[c] for c in COLUMNS} for row in rows], schema=SCHEMA)
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write one Parquet file atomically (zstd: LoRA bytes barely compress, labels do)."""
+def write_table(table: pa.Table, path: Path, dictionary_columns: list[str] | None = None) -> None:
+    """Write one Parquet file atomically.
+
+    zstd compresses the labels well and costs little on weights; dictionary encoding is kept to
+    the label columns (``dictionary_columns``, default: every column but ``lora``), since on
+    tensor bytes it is slow and saves nothing.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if dictionary_columns is None:
+        dictionary_columns = [c for c in table.column_names if c != "lora"]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=64)
+        pq.write_table(table, tmp, compression="zstd", row_group_size=64, use_dictionary=dictionary_columns)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -99,7 +108,7 @@ def _batches(rows: Iterable[dict], max_bytes: int) -> Iterator[list[dict]]:
     batch: list[dict] = []
     size = 0
     for row in rows:
-        row_bytes = len(row["lora"]) + 1024
+        row_bytes = len(row["lora"]) + ROW_LABEL_BYTES
         if batch and size + row_bytes > max_bytes:
             yield batch
             batch, size = [], 0

@@ -191,7 +191,7 @@ def _read_bytes(data: bytes | bytearray, name: str) -> LoRAWeights:
                               f"corrupt: download or export it again") from exc
     tensors = {}
     for key, info in entries:
-        if not _is_lora_key(key):
+        if not is_lora_key(key):
             continue
         dtype = _DTYPES.get(info["dtype"])
         if dtype is None:
@@ -217,7 +217,7 @@ def _read_mapping(mapping: Mapping, name: str) -> LoRAWeights:
         return read_lora(mapping["lora"], name=str(label))
     tensors = {}
     for key, value in mapping.items():
-        if not isinstance(key, str) or not _is_lora_key(key):
+        if not isinstance(key, str) or not is_lora_key(key):
             continue
         tensors[key] = _to_array(value, key, name)
     metadata = {}
@@ -302,7 +302,8 @@ def _canonical_path(path: str) -> str:
     return path
 
 
-def _is_lora_key(key: str) -> bool:
+def is_lora_key(key: str) -> bool:
+    """Whether a tensor name is a LoRA factor or alpha in one of the namings read here."""
     return any(pattern.match(key) for pattern, _ in _KEY_PATTERNS)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from .baselines import LayerwiseVote, get_baseline
 from .configs import BenchmarkConfig, get_config
 from .features import FeatureTable
-from .metrics.dataset_size_recovery import compute_metrics
+from .metrics.dataset_size_recovery.scores import compute_metrics
 from .paper import PaperResult, paper_result
 from .splits import PAPER_DRAWS, Split, draws
 

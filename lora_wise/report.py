@@ -17,7 +17,7 @@ import numpy as np
 
 from .configs import BenchmarkConfig, get_config
 from .features import FeatureTable
-from .metrics.dataset_size_recovery import compute_metrics
+from .metrics.dataset_size_recovery.scores import compute_metrics
 from .paper import paper_counterpart
 from .protocol import ProtocolResult, run_protocol
 

@@ -108,3 +108,32 @@ def test_protocol_refuses_a_draw_without_models(synthetic_benchmark, tmp_path):
     table = feature_table(tmp_path, "mini_low_r8", splits=("test",))
     with pytest.raises(ValueError, match="no train models.*build more micro-datasets"):
         run_protocol(table, "mini_low_r8")
+
+
+def test_a_rebuilt_folder_and_a_namesake_folder_are_not_read_from_a_stale_cache(tmp_path):
+    """datasets keys load_dataset(folder, config) on the folder's name and card; we must not."""
+    from lora_wise.layout import render_card, write_shards
+
+    def build(root, micro_datasets):
+        for split, rows in model_rows("mini_low_r8", micro_datasets=micro_datasets).items():
+            write_shards(rows, root, "mini_low_r8", split)
+        render_card(root)
+
+    first = tmp_path / "a" / "lora-wise"
+    build(first, 4)
+    assert len(labels(first, "mini_low_r8", "test").model_ids) == 1 * 6  # of 0-3, only 1 is a test index
+    build(first, 20)  # rebuilt in place, same card
+    assert len(labels(first, "mini_low_r8", "test").model_ids) == 14 * 6
+    namesake = tmp_path / "b" / "lora-wise"
+    build(namesake, 8)
+    expected = len([i for i in range(8) if i in standard_split("mini_low_r8").test]) * 6
+    assert len(labels(namesake, "mini_low_r8", "test").model_ids) == expected
+
+
+def test_labels_read_only_label_columns_streaming_or_not(synthetic_benchmark):
+    streamed = labels(synthetic_benchmark, "mini_medium_r8", "train", streaming=True)
+    loaded = labels(synthetic_benchmark, "mini_medium_r8", "train", streaming=False)
+    assert streamed.model_ids == loaded.model_ids and len(loaded.model_ids) == 6 * 6
+    assert np.array_equal(streamed.dataset_sizes, loaded.dataset_sizes)
+    ds = load_benchmark(synthetic_benchmark, "mini_medium_r8", "train", columns=["model_id", "step"])
+    assert ds.column_names == ["model_id", "step"]

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import datasets
 import evaluate
-import numpy as np
+
+from .scores import DatasetSizeRecoveryInputError, compute_metrics
 
 _CITATION = """\
 @article{salama2024dataset,
@@ -53,71 +54,6 @@ Examples:
     >>> metric.compute(predictions=[1, 10, 30, 50], references=[1, 10, 20, 50])
     {'mae': 2.5, 'mape': 12.5, 'accuracy': 75.0}
 """
-
-
-class DatasetSizeRecoveryInputError(ValueError):
-    """Predictions or references that cannot be scored; the message says which and why."""
-
-
-def _as_array(values, name: str) -> np.ndarray:
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DatasetSizeRecoveryInputError(f"{name} must be numbers: {exc}") from exc
-    if array.ndim != 1:
-        raise DatasetSizeRecoveryInputError(f"{name} must be a flat list of numbers, got shape {array.shape}")
-    return array
-
-
-def _check(predictions: np.ndarray, references: np.ndarray) -> None:
-    if len(predictions) != len(references):
-        raise DatasetSizeRecoveryInputError(
-            f"{len(predictions)} predictions for {len(references)} references: give one prediction per model")
-    if len(references) == 0:
-        raise DatasetSizeRecoveryInputError("no predictions to score")
-    for name, values in (("predictions", predictions), ("references", references)):
-        bad = np.flatnonzero(~np.isfinite(values))
-        if len(bad):
-            raise DatasetSizeRecoveryInputError(
-                f"{name} hold {len(bad)} NaN or infinite values (first at position {bad[0]}); "
-                f"every {name[:-1]} must be a finite number of images")
-        bad = np.flatnonzero(values <= 0)
-        if len(bad):
-            raise DatasetSizeRecoveryInputError(
-                f"{name} hold {len(bad)} non-positive values (first: {values[bad[0]]:g} at position "
-                f"{bad[0]}); a dataset size is at least 1 image")
-
-
-def _summary(predictions: np.ndarray, references: np.ndarray) -> dict:
-    errors = np.abs(predictions - references)
-    return {
-        "mae": float(errors.mean()),
-        "mape": float((errors / references).mean() * 100.0),
-        "accuracy": float((np.rint(predictions) == references).mean() * 100.0),
-    }
-
-
-def compute_metrics(predictions, references, per_size: bool = False, confusion_matrix: bool = False) -> dict:
-    """The metric without ``evaluate``'s machinery: same inputs, same checks, same numbers."""
-    predictions = _as_array(predictions, "predictions")
-    references = _as_array(references, "references")
-    _check(predictions, references)
-    result = _summary(predictions, references)
-    labels = np.unique(references)
-    if per_size:
-        result["per_size"] = {
-            int(size) if float(size).is_integer() else float(size):
-                dict(_summary(predictions[references == size], references[references == size]),
-                     count=int((references == size).sum()))
-            for size in labels
-        }
-    if confusion_matrix:
-        snapped = labels[np.argmin(np.abs(predictions[:, None] - labels[None, :]), axis=1)]
-        matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
-        np.add.at(matrix, (np.searchsorted(labels, references), np.searchsorted(labels, snapped)), 1)
-        result["confusion_matrix"] = {"labels": [int(x) if float(x).is_integer() else float(x) for x in labels],
-                                      "matrix": matrix.tolist()}
-    return result
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
