@@ -1,0 +1,109 @@
+"""The ``build`` and ``push`` sub-commands: parse flags, call :func:`builder.build.build` / :func:`builder.push.push`.
+
+Kept import-light: torch, diffusers and PEFT load only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lora_wise.cli import add_command
+
+BUILD_DESCRIPTION = """\
+Fine-tune DreamBooth-LoRA models (diffusers + PEFT) for one or more configs and write
+them as a LoRA-WiSE dataset folder laid out exactly as the Hub repo: README.md (the
+card) and data/<config>/<split>-NNNNN.parquet.  With no --config, every miniature
+config is built on the miniature backbone (pre-trained once and cached).  Builds are
+resumable: rerun the same command after an interruption and finished models are kept.
+"""
+
+BUILD_EPILOG = """\
+examples:
+  lora-wise build                                    # every miniature config, CPU minutes
+  lora-wise build --config mini_low_r8 --micro-datasets 4
+  lora-wise build --config low_r8 --images concept101/ --out lora-wise
+  lora-wise build --config medium_r32 --image-dataset imagenet-1k --label-column label
+  lora-wise build --config medium_r32 --flip         # the paper's defense, as config medium_r32-flip
+"""
+
+
+def register(commands) -> None:
+    from .backbones import DEFAULT_MINI_SPEC
+    from .build import DEFAULT_OUT
+
+    p = add_command(commands, "build", "fine-tune LoRA models and write a LoRA-WiSE dataset folder", BUILD_DESCRIPTION)
+    p.epilog = BUILD_EPILOG
+    p.add_argument("--config", action="append", metavar="NAME",
+                   help="config to build (repeatable; default: every miniature config; see `lora-wise configs`)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (the Hub repo's layout)")
+    p.add_argument("--micro-datasets", type=int, metavar="N",
+                   help="build only the first N micro-datasets of each config (resumable to more later)")
+    ablation = p.add_argument_group("ablation options (each derives a config with its own name)")
+    ablation.add_argument("--steps", type=int, metavar="N", help="max training steps")
+    ablation.add_argument("--batch-size", type=int, metavar="B", help="training batch size")
+    ablation.add_argument("--seed-mode", choices=["fixed", "random"], help="one seed for all models, or one each")
+    ablation.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                          help="random horizontal flips (the paper's defense)")
+    images = p.add_argument_group("images (configs whose images are not synthetic)")
+    images.add_argument("--images", metavar="DIR", help="image-folder tree: one sub-folder of images per concept")
+    images.add_argument("--image-dataset", metavar="NAME",
+                        help="a `datasets` image dataset (Hub id or local folder) with a label column")
+    images.add_argument("--label-column", default="label", help="the image dataset's label column")
+    images.add_argument("--image-column", default="image", help="the image dataset's image column")
+    images.add_argument("--image-split", default="train", help="the image dataset's split")
+    model = p.add_argument_group("backbone and device")
+    model.add_argument("--backbone", metavar="ID_OR_DIR",
+                       help="Hub id or local diffusers pipeline folder replacing the config's backbone")
+    model.add_argument("--pretrain-steps", type=int, default=DEFAULT_MINI_SPEC.pretrain_steps,
+                       help="UNet pre-training steps of the miniature backbone (cached per value)")
+    model.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when available)")
+    model.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--max-shard-mb", type=float, default=256.0, help="upper bound on a Parquet shard's size")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_build)
+
+    p = add_command(commands, "push", "upload a built LoRA-WiSE folder to a Hub dataset repo",
+                    "Create the dataset repo if needed and upload the card and the Parquet shards with "
+                    "huggingface_hub (one commit per config). The token comes from HF_TOKEN or "
+                    "`hf auth login` and is never printed.")
+    p.add_argument("folder", help="the folder `lora-wise build --out` wrote")
+    p.add_argument("repo_id", help="dataset repo, <user or org>/<name>")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
+    p.set_defaults(func=_cmd_push)
+
+
+def _cmd_build(args) -> int:
+    import dataclasses
+
+    from .backbones import DEFAULT_MINI_SPEC
+    from .build import BuildOptions, build
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    options = BuildOptions(
+        out=args.out, micro_datasets=args.micro_datasets, steps=args.steps, batch_size=args.batch_size,
+        seed_mode=args.seed_mode, flip=args.flip, images=args.images, image_dataset=args.image_dataset,
+        label_column=args.label_column, image_column=args.image_column, image_split=args.image_split,
+        backbone=args.backbone, device=args.device,
+        mini_spec=dataclasses.replace(DEFAULT_MINI_SPEC, pretrain_steps=args.pretrain_steps),
+        max_shard_bytes=int(args.max_shard_mb * 1024 * 1024), progress=not args.no_progress)
+    summary = build(args.config, options)
+    print(summary.format())
+    print(f"load it with: datasets.load_dataset({str(args.out)!r}, {summary.configs[0]!r})")
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from .push import push
+
+    plan = push(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run)
+    if args.dry_run:
+        print("dry run, nothing uploaded; would upload " + plan.format())
+    else:
+        print(f"uploaded {len(plan.files)} files ({plan.total_bytes / 1e6:.1f} MB) of "
+              f"{', '.join(plan.configs)} to https://huggingface.co/datasets/{plan.repo_id}", file=sys.stdout)
+    return 0

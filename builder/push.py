@@ -1,0 +1,96 @@
+"""``lora-wise push``: upload a built LoRA-WiSE folder to a Hub dataset repo with huggingface_hub.
+
+The folder is already laid out as the repo (``README.md`` + ``data/<config>/<split>-NNNNN.parquet``),
+so pushing is: re-render the card with the repo id in its loading example,
+create the dataset repo if needed, then one ``upload_folder`` commit per config
+(``delete_patterns`` removes remote shards a rebuild replaced, so the repo never
+holds a snapshot twice) and a last commit with the card.  The build's
+bookkeeping (``.lora-wise-build/``) and hidden files are never uploaded.
+
+The token is whatever huggingface_hub finds (``HF_TOKEN`` or ``hf auth login``);
+it is passed to nothing and printed nowhere by this module.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_wise.layout import built_configs, shard_paths
+from lora_wise.schema import SPLITS
+
+from .write import BUILD_DIR, render
+
+
+class PushError(RuntimeError):
+    """The folder cannot be pushed as it is, or the Hub refused; the message says what to do."""
+
+
+@dataclass
+class PushPlan:
+    folder: Path
+    repo_id: str
+    configs: list[str]
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files)
+
+    def format(self) -> str:
+        lines = [f"{len(self.files)} files, {self.total_bytes / 1e6:.1f} MB, to "
+                 f"https://huggingface.co/datasets/{self.repo_id}:"]
+        lines += [f"  {p.relative_to(self.folder).as_posix()}" for p in self.files]
+        return "\n".join(lines)
+
+
+def plan_push(folder: str | os.PathLike, repo_id: str) -> PushPlan:
+    """What would be uploaded; errors for a folder that is not a finished LoRA-WiSE build."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise PushError(f"{root} does not exist; build one with `lora-wise build --out {root}`")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise PushError(f"repo id {repo_id!r} must look like <user or org>/<name>, e.g. me/LoRA-WiSE")
+    configs = built_configs(root)
+    if not configs or not (root / "README.md").is_file():
+        raise PushError(f"{root} holds no built LoRA-WiSE config (README.md and data/<config>/*.parquet); "
+                        f"build one with `lora-wise build --out {root}` first")
+    unsealed = sorted({p.parent.parent.name for p in (root / BUILD_DIR).glob("*/units/*.parquet")})
+    if unsealed:
+        raise PushError(f"{root} has finished models not sealed into shards yet (configs: {', '.join(unsealed)}); "
+                        f"rerun the same `lora-wise build` command to seal them, then push")
+    files = [root / "README.md"] + [p for c in configs for s in SPLITS for p in shard_paths(root, c, s)]
+    return PushPlan(folder=root, repo_id=repo_id, configs=configs, files=files)
+
+
+def push(folder: str | os.PathLike, repo_id: str, private: bool = False, dry_run: bool = False,
+         api=None) -> PushPlan:
+    """Upload ``folder`` to the dataset repo ``repo_id`` (created if missing); returns what was sent."""
+    plan = plan_push(folder, repo_id)
+    if dry_run:
+        return plan
+    from huggingface_hub import HfApi, get_token
+
+    if api is None:
+        if get_token() is None:
+            raise PushError("no Hugging Face token found: log in with `hf auth login` or set HF_TOKEN "
+                            "(a token with write access), then push again")
+        api = HfApi()
+    render(plan.folder, repo=repo_id)  # the card's loading example names the repo
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        for config in plan.configs:
+            api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=plan.folder / "data" / config,
+                              path_in_repo=f"data/{config}", allow_patterns=["*.parquet"],
+                              ignore_patterns=[".*", "**/.*"], delete_patterns=["*.parquet"],
+                              commit_message=f"LoRA-WiSE: upload {config}")
+        api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=plan.folder,
+                          allow_patterns=["README.md"], commit_message="LoRA-WiSE: dataset card")
+    except Exception as exc:  # noqa: BLE001 - the Hub's errors, re-raised with what to do
+        name = type(exc).__name__
+        if name in ("HfHubHTTPError", "RepositoryNotFoundError", "LocalTokenNotFoundError") or "401" in str(exc):
+            raise PushError(f"the Hub refused the upload to {repo_id} ({name}: {exc}); check that you are logged "
+                            f"in (`hf auth login`) with a token that can write to {repo_id.split('/')[0]}") from exc
+        raise
+    return plan
