@@ -24,11 +24,14 @@ REFERENCE_LINK = "https://arxiv.org/abs/2406.19395"
 
 
 def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] | None = None,
-                  store: Store | None = None, progress: bool = False) -> list[SubmitResult]:
+                  store: Store | None = None, progress: bool = False,
+                  results: dict | None = None) -> list[SubmitResult]:
     """Score DSiRe and Frobenius-NN on the test split of each config and store them.
 
-    ``configs`` defaults to every config the dataset holds.  Returns the entries added
-    (an identical reference entry already stored is not added twice).
+    ``configs`` defaults to every config the dataset holds.  ``results`` may hold protocol
+    results already computed (``{config: {"dsire": ProtocolResult, ...}}``, e.g. by the
+    report): their standard draw is submitted instead of fitting again.  Returns the entries
+    added (an identical reference entry already stored is not added twice).
     """
     from lora_wise.data import feature_table
     from lora_wise.protocol import run_protocol
@@ -42,10 +45,15 @@ def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] |
     added = []
     for config in names:
         references = load_references(where, config, "test")
-        table = feature_table(where, config, progress=progress)
+        known = (results or {}).get(config, {})
+        table = None
         existing = {(e.method, e.sha256) for e in store.entries(config, "test") if e.reference}
         for baseline, method in REFERENCE_METHODS.items():
-            draw = run_protocol(table, config, baseline, protocol="standard").standard
+            if baseline in known:
+                draw = known[baseline].standard
+            else:
+                table = table if table is not None else feature_table(where, config, progress=progress)
+                draw = run_protocol(table, config, baseline, protocol="standard").standard
             predictions = dict(zip(draw.model_ids, (float(p) for p in draw.predictions)))
             if (method, predictions_sha256(predictions)) in existing:
                 continue

@@ -25,21 +25,15 @@ with those fields), one row for every model of the split. Nothing is stored when
 anything is wrong. Limits: {MAX_BYTES // 2**20} MB, {MAX_ROWS:,} rows."""
 
 
-def _says_its_default(text: str) -> str:
-    """Help that already names its default: ``%(default).0s`` stops the shared formatter adding
-    a misleading ``(default: None)`` (the real default is resolved from the environment)."""
-    return text + "%(default).0s"
-
-
 def _add_store_options(p) -> None:
-    p.add_argument("--db", metavar="PATH", help=_says_its_default(f"SQLite leaderboard file (default ${DB_ENV} or "
+    p.add_argument("--db", metavar="PATH", help=(f"SQLite leaderboard file (default ${DB_ENV} or "
                                                                   f"<cache>/leaderboard/leaderboard.sqlite)"))
-    p.add_argument("--results-repo", metavar="REPO", help=_says_its_default(
+    p.add_argument("--results-repo", metavar="REPO", help=(
         f"keep results in this Hub dataset repo instead (default ${REPO_ENV} when set)"))
 
 
 def _add_dataset_option(p) -> None:
-    p.add_argument("--dataset", default=None, help=_says_its_default(
+    p.add_argument("--dataset", default=None, help=(
         f"LoRA-WiSE folder or Hub repo id holding the references (default ${DATASET_ENV} or {DEFAULT_DATASET!r})"))
 
 
@@ -47,12 +41,12 @@ def register(commands) -> None:
     p = add_command(commands, "submit", "score a predictions file and add it to the leaderboard", SUBMIT_DESCRIPTION)
     p.add_argument("predictions", metavar="PRED", help="CSV or JSONL file of model_id,prediction")
     p.add_argument("--config", required=True,
-                   help=_says_its_default("config name or alias (see `lora-wise configs`)"))
+                   help=("config name or alias (see `lora-wise configs`)"))
     p.add_argument("--split", default="test", help="split the predictions are for: test (ranked) or train")
-    p.add_argument("--method", help=_says_its_default("method name shown on the leaderboard (required unless "
+    p.add_argument("--method", help=("method name shown on the leaderboard (required unless "
                                                       "the file has a `method` column)"))
-    p.add_argument("--authors", help=_says_its_default("who made the method"))
-    p.add_argument("--link", help=_says_its_default("http(s) link to the paper or code"))
+    p.add_argument("--authors", help=("who made the method"))
+    p.add_argument("--link", help=("http(s) link to the paper or code"))
     _add_dataset_option(p)
     _add_store_options(p)
     p.add_argument("--json", action="store_true", help="print the stored entry's metrics as JSON")
@@ -62,7 +56,7 @@ def register(commands) -> None:
     sub = board.add_subparsers(dest="leaderboard_command", metavar="ACTION", title="actions", required=True)
 
     p = add_command(sub, "show", "print the ranked entries of each config (or one)")
-    p.add_argument("--config", help=_says_its_default("only this config (name or alias); default: all"))
+    p.add_argument("--config", help=("only this config (name or alias); default: all"))
     p.add_argument("--split", default="test", help="split to rank")
     _add_store_options(p)
     p.add_argument("--json", action="store_true", help="print the entries as JSON (without predictions)")
@@ -81,7 +75,7 @@ def register(commands) -> None:
                     "reference entries (identical entries already stored are skipped).")
     p.add_argument("dataset", metavar="DATASET", help="LoRA-WiSE folder or Hub repo id")
     p.add_argument("--config", nargs="+",
-                   help=_says_its_default("only these configs (default: every config of DATASET)"))
+                   help=("only these configs (default: every config of DATASET)"))
     _add_store_options(p)
     p.set_defaults(func=_cmd_add_baselines)
 

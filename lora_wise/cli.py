@@ -49,8 +49,15 @@ Caches (backbones, datasets, the local leaderboard) live in $LORA_WISE_CACHE
 """
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep our paragraphs and show defaults."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep our paragraphs; show an option's default where it has a meaningful one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS)
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        return text + " (default: %(default)s)"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

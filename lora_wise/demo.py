@@ -1,0 +1,126 @@
+"""``lora-wise demo``: the whole story on a CPU, in one command.
+
+1. **build** every miniature config with the builder (the miniature backbone is
+   pre-trained and cached on first use; finished models are kept across runs);
+2. **run the paper's experiments**: DSiRe and Frobenius-NN under the paper's
+   10-draw protocol, scored with the metric, plus the figures' analyses;
+3. **fill the leaderboard**: both baselines' standard-split predictions are
+   submitted to the local leaderboard as reference entries;
+4. **write the report** (Markdown with figures) and say where it is and how to
+   open the leaderboard.
+
+This module only orchestrates: every step is a library call of its stage.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+DEFAULT_REPORT = "lora-wise-report"
+
+DEMO_DESCRIPTION = """\
+The whole story on a CPU: build every miniature config (the miniature backbone is
+pre-trained and cached on first use; finished models are kept across runs), run DSiRe
+and Frobenius-NN under the paper's 10-draw protocol, submit both to the local
+leaderboard, and write a Markdown report with the paper's table and figures.
+"""
+
+
+@dataclass
+class DemoResult:
+    dataset: Path
+    report: Path
+    configs: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    db: str | None = None
+
+
+def run_demo(out: str = "lora-wise", report_dir: str = DEFAULT_REPORT, configs: Sequence[str] | None = None,
+             protocol: str = "paper", db: str | None = None, micro_datasets: int | None = None,
+             build_options: dict | None = None, progress: bool = True,
+             echo: Callable[[str], None] = print) -> DemoResult:
+    """Build, evaluate, register and report; returns where everything went."""
+    from builder.build import BuildOptions, build
+    from leaderboard.baselines import add_baselines
+    from leaderboard.entries import format_board
+    from leaderboard.store import open_store
+
+    from .configs import MINIATURE_CONFIGS
+    from .data import feature_table
+    from .report import analyse, write_report
+
+    names = list(configs or MINIATURE_CONFIGS)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    echo(f"[1/4] Building {', '.join(names)} into {out}/ (DreamBooth-LoRA, diffusers + PEFT, on the "
+         f"miniature SD backbone)")
+    summary = build(names, BuildOptions(out=out, micro_datasets=micro_datasets, progress=progress,
+                                        **(build_options or {})))
+    echo("      " + summary.format())
+    timings["build"] = time.perf_counter() - started
+
+    echo(f"[2/4] Running DSiRe and Frobenius-NN under the {protocol} protocol")
+    analyses = []
+    step_start = time.perf_counter()
+    for name in summary.configs:
+        table = feature_table(out, name, progress=progress)
+        analysis = analyse(table, name, protocol=protocol)
+        analyses.append(analysis)
+        for result in analysis.results.values():
+            echo(_indent(result.format()))
+    timings["experiments"] = time.perf_counter() - step_start
+
+    echo("[3/4] Registering both baselines on the local leaderboard")
+    step_start = time.perf_counter()
+    store = open_store(db)
+    add_baselines(out, summary.configs, store=store,
+                  results={a.config.name: a.results for a in analyses})
+    for name in summary.configs:
+        echo(_indent(format_board(store.entries(name, "test"), title=f"{name} (test split)")))
+    timings["leaderboard"] = time.perf_counter() - step_start
+
+    echo("[4/4] Writing the report")
+    timings["total"] = time.perf_counter() - started
+    notes = [summary.format(),
+             "wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())]
+    report = write_report(analyses, report_dir, dataset=out, notes=notes)
+    db_flag = f" --db {db}" if db else ""
+    echo(f"\nReport:      {report.resolve()}  (Markdown with figures; open it in any Markdown viewer)\n"
+         f"Leaderboard: lora-wise leaderboard serve --dataset {out}{db_flag}   then open http://127.0.0.1:7860\n"
+         f"             lora-wise leaderboard show{db_flag}                  prints it here\n"
+         f"Done in {timings['total'] / 60:.1f} min.")
+    return DemoResult(dataset=Path(out), report=report, configs=summary.configs, timings=timings, db=db)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("      " + line for line in text.splitlines())
+
+
+def register(commands) -> None:
+    from .cli import add_command
+
+    p = add_command(commands, "demo", "build the miniature benchmark, run both baselines, score, fill the "
+                    "leaderboard and write a report", DEMO_DESCRIPTION)
+    p.add_argument("--out", default="lora-wise", help="dataset folder to build into (kept between runs)")
+    p.add_argument("--report", default=DEFAULT_REPORT, help="folder for the report and its figures")
+    p.add_argument("--config", action="append", metavar="NAME",
+                   help="config to run (repeatable; default: every miniature config)")
+    p.add_argument("--protocol", choices=["standard", "paper"], default="paper",
+                   help="standard: one draw; paper: the paper's 10 draws")
+    p.add_argument("--db", metavar="PATH", help="leaderboard SQLite file (default: in the cache dir)")
+    p.add_argument("--micro-datasets", type=int, metavar="N",
+                   help="build only the first N micro-datasets of each config (a quicker, smaller demo)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    run_demo(out=args.out, report_dir=args.report, configs=args.config, protocol=args.protocol, db=args.db,
+             micro_datasets=args.micro_datasets, progress=not args.no_progress,
+             echo=lambda text: print(text, flush=True, file=sys.stdout))
+    return 0
