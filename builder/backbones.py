@@ -35,7 +35,7 @@ from lora_wise.cache import cache_dir
 from lora_wise.configs import MINIATURE
 
 #: Bump when the miniature architecture or its pre-training changes: old caches are then ignored.
-MINI_VERSION = 1
+MINI_VERSION = 2
 #: Written beside the pipeline: the spec and how long pre-training took.
 INFO_FILE = "lora_wise_backbone.json"
 

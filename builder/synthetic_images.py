@@ -31,6 +31,8 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "black": (0.08, 0.08, 0.10), "grey": (0.50, 0.50, 0.52),
 }
 _FAMILIES = {"concept": 1, "generic": 2}
+#: How much of an image's background is drawn per image rather than fixed by its concept.
+BACKGROUND_VARIATION = 0.8
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,10 @@ def render(style: ConceptStyle, variation: np.random.Generator, resolution: int)
     # background: a two-colour gradient at a per-image angle
     angle = variation.uniform(0, 2 * np.pi)
     t = (np.cos(angle) * x + np.sin(angle) * y + 1.0) / 2.0
-    bg_a, bg_b = (np.asarray(c) for c in style.background)
+    # the concept's background colours, mostly replaced per image: the object is the concept,
+    # the scene changes (as DreamBooth photographs a subject in different places)
+    bg_a, bg_b = ((1 - BACKGROUND_VARIATION) * np.asarray(c) + BACKGROUND_VARIATION * variation.uniform(0, 1, 3)
+                  for c in style.background)
     image = bg_a[None, None] * (1 - t[..., None]) + bg_b[None, None] * t[..., None]
     # the object: placed, scaled and rotated per image
     cx, cy = variation.uniform(-0.25, 0.25, 2)

@@ -38,8 +38,8 @@ from typing import Iterable, Sequence
 import pyarrow.parquet as pq
 
 from lora_wise.configs import BenchmarkConfig
-from lora_wise.layout import (DEFAULT_MAX_SHARD_BYTES, atomic_write_bytes, data_dir, render_card, rows_to_table,
-                              shard_name, shard_paths, write_table)
+from lora_wise.layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir, render_card,
+                              rows_to_table, shard_name, shard_paths, write_table)
 from lora_wise.schema import SPLITS
 
 from .plan import PlannedModel
@@ -68,7 +68,7 @@ def snapshot_rows(cfg: BenchmarkConfig, model: PlannedModel, snapshots: Sequence
 
 def _payload_bytes(table) -> int:
     """Approximate size of rows in a shard: their LoRA bytes plus a little for the labels."""
-    return int(table.column("lora").nbytes) + 1024 * table.num_rows
+    return int(table.column("lora").nbytes) + ROW_LABEL_BYTES * table.num_rows
 
 
 class ConfigStore:
@@ -204,12 +204,21 @@ class ConfigStore:
             return len(staged)
 
     def _roll_forward(self) -> None:
-        """Make the folder match the manifest (idempotent; safe to repeat after any crash)."""
+        """Make the folder match the manifest (idempotent; safe to repeat after any crash).
+
+        Shards the manifest no longer lists go first, then its new shards move in: a
+        reader looking between two steps may miss rows, but never sees one twice.
+        """
         manifest = self._read_manifest()
         if manifest is None:
             return
         listed = {name for s in SPLITS for name in manifest["shards"][s]}
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        for path in list(self.data_dir.iterdir()):
+            if _SHARD.match(path.name) and path.name not in listed:
+                path.unlink()  # a shard replaced by a reseal
+            elif path.name.startswith(".") and path.name.endswith(".tmp"):
+                path.unlink()  # a half-written file
         for name in sorted(listed):
             src, dst = self.pending_dir / name, self.data_dir / name
             if src.exists():
@@ -218,14 +227,9 @@ class ConfigStore:
             elif not dst.exists():
                 raise BuildStateError(f"{dst} is listed in {self.manifest_path} but missing; the build folder was "
                                       f"changed by hand. Delete {self.data_dir} and {self.dir} and rebuild.")
-        for path in list(self.data_dir.iterdir()):
-            if _SHARD.match(path.name) and path.name not in listed:
-                path.unlink()  # a shard replaced by a reseal, or written by a seal that never committed
-            elif path.name.startswith(".") and path.name.endswith(".tmp"):
-                path.unlink()  # a half-written file
         if self.pending_dir.is_dir():
             for path in self.pending_dir.iterdir():
-                path.unlink()
+                path.unlink()  # shards of a seal that never committed
         sealed = set(manifest["units"])
         if self.units_dir.is_dir():
             for path in self.units_dir.iterdir():
@@ -243,7 +247,7 @@ class ConfigStore:
 
 def _pack(table, max_bytes: int) -> Iterable:
     """Slices of ``table`` (rows in order), each under ``max_bytes`` of LoRA payload (at least one row)."""
-    sizes = [len(b) + 1024 for b in table.column("lora").to_pylist()]
+    sizes = [len(b) + ROW_LABEL_BYTES for b in table.column("lora").to_pylist()]
     start, total = 0, 0
     for i, size in enumerate(sizes):
         if i > start and total + size > max_bytes:
