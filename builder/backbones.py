@@ -68,6 +68,20 @@ DEFAULT_MINI_SPEC = MiniBackboneSpec()
 
 # ----------------------------------------------------------------------------- architecture
 
+def sd_pipeline_class():
+    """``diffusers.StableDiffusionPipeline``, imported without transformers' notices about optional
+    image-processor backends (torchvision) that a LoRA build never uses."""
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionPipeline
+    finally:
+        transformers_logging.set_verbosity(level)
+    return StableDiffusionPipeline
+
+
 #: Tokens per prompt: enough for the byte-level tokenizer's ``a photo of sks <word>``.
 MINI_MAX_TOKENS = 40
 TEXT_HIDDEN = 32
@@ -105,7 +119,9 @@ def write_tokenizer(folder: Path) -> None:
 def create_miniature_pipeline(spec: MiniBackboneSpec = DEFAULT_MINI_SPEC):
     """A randomly initialised miniature SD pipeline (deterministic from ``spec.seed``)."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    StableDiffusionPipeline = sd_pipeline_class()
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(spec.seed)
@@ -229,9 +245,9 @@ def pretrain_miniature(pipe, spec: MiniBackboneSpec = DEFAULT_MINI_SPEC, progres
         opt.step()
         lr_schedule.step()
         opt.zero_grad(set_to_none=True)
+        timings["final_unet_loss"] = float(loss.detach())
     unet.eval().requires_grad_(False)
     timings["unet_seconds"] = time.perf_counter() - start
-    timings["final_unet_loss"] = float(loss.detach())
     return timings
 
 
@@ -271,7 +287,8 @@ def miniature_backbone(spec: MiniBackboneSpec = DEFAULT_MINI_SPEC, progress: boo
         timings = pretrain_miniature(pipe, spec, progress=progress)
         staging = Path(tempfile.mkdtemp(dir=base, prefix=f".{spec.key()}."))
         try:
-            pipe.save_pretrained(staging, safe_serialization=True)
+            with _quiet_loading():
+                pipe.save_pretrained(staging, safe_serialization=True)
             timings["total_seconds"] = time.perf_counter() - start
             (staging / INFO_FILE).write_text(json.dumps(
                 {"spec": asdict(spec), "key": spec.key(), "version": MINI_VERSION, "timings": timings,
@@ -348,8 +365,8 @@ def load_pipeline(source: str, device: str = "cpu", dtype=None):
     precision on a GPU, float32 on a CPU.
     """
     import torch
-    from diffusers import StableDiffusionPipeline
 
+    StableDiffusionPipeline = sd_pipeline_class()
     dtype = dtype or torch.float32
     try:
         with _quiet_loading():

@@ -58,7 +58,9 @@ def register(commands) -> None:
     model.add_argument("--pretrain-steps", type=int, default=DEFAULT_MINI_SPEC.pretrain_steps,
                        help="UNet pre-training steps of the miniature backbone (cached per value)")
     model.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when available)")
-    model.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    model.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads while fine-tuning (default: 1 for the miniature backbone on a CPU, "
+                            "whose tiny steps run fastest on one thread; torch's choice otherwise)")
     p.add_argument("--max-shard-mb", type=float, default=256.0, help="upper bound on a Parquet shard's size")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_build)
@@ -80,15 +82,11 @@ def _cmd_build(args) -> int:
     from .backbones import DEFAULT_MINI_SPEC
     from .build import BuildOptions, build
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     options = BuildOptions(
         out=args.out, micro_datasets=args.micro_datasets, steps=args.steps, batch_size=args.batch_size,
         seed_mode=args.seed_mode, flip=args.flip, images=args.images, image_dataset=args.image_dataset,
         label_column=args.label_column, image_column=args.image_column, image_split=args.image_split,
-        backbone=args.backbone, device=args.device,
+        backbone=args.backbone, device=args.device, threads=args.threads,
         mini_spec=dataclasses.replace(DEFAULT_MINI_SPEC, pretrain_steps=args.pretrain_steps),
         max_shard_bytes=int(args.max_shard_mb * 1024 * 1024), progress=not args.no_progress)
     summary = build(args.config, options)

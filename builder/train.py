@@ -5,7 +5,9 @@ What happens to one model (a :class:`TrainingJob`):
 * the backbone (any ``StableDiffusionPipeline.from_pretrained`` source) is frozen:
   VAE, text encoder and UNet; a PEFT ``LoraConfig(r, lora_alpha, init_lora_weights=
   "gaussian", target_modules=[to_q, to_k, to_v, to_out.0])`` is added to the UNet
-  with ``unet.add_adapter``;
+  with ``unet.add_adapter`` (once per backbone and adapter shape; every model then
+  re-initialises all LoRA weights from its own generator and gets a fresh optimiser,
+  which is the same as a freshly injected adapter);
 * the instance prompt is encoded once; each image is encoded by the VAE once
   (posterior mean and std, and of the flipped image when flips are on) and a
   latent is *sampled* from that posterior at every step, as encoding every step
@@ -319,9 +321,11 @@ def lora_safetensors(unet) -> bytes:
     on the process's string hashing.
     """
     import torch
-    from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
+    from .backbones import sd_pipeline_class
+
+    StableDiffusionPipeline = sd_pipeline_class()
     state = {k: v.detach().to("cpu", torch.float32).contiguous()
              for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME).items()}
     metadata = _jsonable(unet.peft_config[ADAPTER_NAME].to_dict())

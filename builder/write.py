@@ -128,6 +128,9 @@ class ConfigStore:
                 self._write_manifest({"version": MANIFEST_VERSION, "config": self.config,
                                       "fingerprint": self.fingerprint, "units": [],
                                       "shards": {s: [] for s in SPLITS}, "next_index": {s: 0 for s in SPLITS}})
+            elif manifest["fingerprint"] != self.fingerprint and not manifest["units"] and not self.staged_units():
+                manifest["fingerprint"] = self.fingerprint  # nothing was built under the old one: no mixing
+                self._write_manifest(manifest)
             elif manifest["fingerprint"] != self.fingerprint:
                 diff = sorted(k for k in set(manifest["fingerprint"]) | set(self.fingerprint)
                               if manifest["fingerprint"].get(k) != self.fingerprint.get(k))

@@ -24,8 +24,8 @@ from lora_wise.configs import MINI_RECIPE, BenchmarkConfig
 from builder.backbones import MiniBackboneSpec, miniature_backbone
 
 TEST_CONFIG = "mini_builder_test"
-#: Pre-trained just enough to be a real, loadable, denoising-shaped backbone; seconds on a CPU.
-TINY_SPEC = MiniBackboneSpec(seed=0, pretrain_steps=30, vae_steps=20, batch_size=8)
+#: Pre-trained briefly (about 20 s on 2 cores) yet enough that LoRA norms fall with dataset size.
+TINY_SPEC = MiniBackboneSpec(seed=0, pretrain_steps=150, vae_steps=60, batch_size=16)
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
 

@@ -111,3 +111,25 @@ def test_unreachable_hub_backbone_is_a_clear_error():
 
     with pytest.raises(BackboneError, match="Hub repo stable-diffusion-v1-5/stable-diffusion-v1-5.*--backbone"):
         load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")  # HF_HUB_OFFLINE=1 in tests
+
+
+def test_lora_norm_falls_with_dataset_size_on_the_pretrained_backbone(tiny_backbone):  # noqa: F811
+    """The paper's Fig. 2a in miniature: fewer images, larger LoRA (mean Frobenius norm of B A)."""
+    import lora_wise
+    from lora_wise.configs import MINI_RECIPE, get_config
+
+    from builder.micro_datasets import SyntheticSource, draw_image_ids, load_pixels
+    from builder.train import TrainingJob, load_backbone, train_lora
+
+    backbone = load_backbone(str(tiny_backbone), device="cpu")
+    source = SyntheticSource(32)
+    recipe = dataclasses.replace(MINI_RECIPE, max_train_steps=60)
+    for micro in source.micro_datasets(get_config("mini_low_r8"), 2):
+        norms = {}
+        for size in (1, 8):
+            pixels = load_pixels(source, draw_image_ids(micro, size, 0), 32)
+            job = TrainingJob(micro.name, 0, f"a photo of sks {micro.class_word}", 8, 8, recipe, (60,))
+            (snapshot,) = train_lora(backbone, job, backbone.encode_images(pixels))
+            norms[size] = float(lora_wise.extract(lora_wise.read_lora(snapshot.lora)).norms["BA"].mean())
+        assert norms[1] > 1.1 * norms[8], (micro.name, norms)
+
