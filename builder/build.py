@@ -99,7 +99,7 @@ def _precision(cfg: BenchmarkConfig, device: str) -> str:
     return cfg.recipe.mixed_precision if device.startswith("cuda") and cfg.recipe.mixed_precision != "no" else "fp32"
 
 
-def _backbone_identity(cfg: BenchmarkConfig, source: str, options: BuildOptions) -> str:
+def _backbone_identity(source: str) -> str:
     """What the rows and the build manifest record as the backbone: portable, no local paths."""
     info = backbone_info(source) if os.path.isdir(source) else None
     if info is not None:
@@ -142,7 +142,7 @@ def _plan(cfg: BenchmarkConfig, options: BuildOptions, device: str) -> _ConfigPl
     backbone = resolve_backbone(backbone_name, options.mini_spec, progress=options.progress) \
         if backbone_name != MINIATURE else MINIATURE
     precision = _precision(cfg, device)
-    identity = options.mini_spec.key() if backbone == MINIATURE else _backbone_identity(cfg, backbone, options)
+    identity = options.mini_spec.key() if backbone == MINIATURE else _backbone_identity(backbone)
     fingerprint = {"recipe": cfg.recipe.to_json(), "rank": cfg.rank, "lora_alpha": cfg.lora_alpha,
                    "dataset_sizes": list(cfg.dataset_sizes), "snapshot_steps": list(cfg.snapshot_steps),
                    "backbone": identity, "precision": precision, "images": _source_identity(source)}
@@ -200,13 +200,18 @@ def build(configs: Sequence[str] | None = None, options: BuildOptions | None = N
                 loaded[key] = load_backbone(source, device=device, mixed_precision=cfg.recipe.mixed_precision)
             backbone = loaded[key]
 
+            staged_bytes = store.staged_bytes()
+
             def on_done(model: PlannedModel, snapshots, plan=plan) -> None:
-                nonlocal built
-                plan.store.commit_unit(model.key, snapshot_rows(plan.cfg, model, snapshots, plan.recipe_json))
+                """Commit one finished model; seal once a shard's worth is staged."""
+                nonlocal built, staged_bytes
+                path = plan.store.commit_unit(model.key, snapshot_rows(plan.cfg, model, snapshots, plan.recipe_json))
                 built += 1
                 summary.snapshots += len(snapshots)
-                if plan.store.staged_bytes() >= options.max_shard_bytes:
+                staged_bytes += path.stat().st_size
+                if staged_bytes >= options.max_shard_bytes:
                     plan.store.seal(options.max_shard_bytes)
+                    staged_bytes = 0
 
             with _torch_threads(_training_threads(options, device, source)):
                 trainer(plan.todo, backbone, plan.source, on_done, progress=options.progress)
