@@ -448,7 +448,8 @@ def train_units(models: Sequence["PlannedModel"], backbone: Backbone, source,  #
 
     from .micro_datasets import load_pixels
 
-    units = tqdm(models, desc="models", unit="model", disable=not progress, dynamic_ncols=True)
+    name = models[0].unit.config if models else "models"
+    units = tqdm(models, desc=name, unit="model", disable=not progress, dynamic_ncols=True)
     for model in units:
         units.set_postfix_str(model.unit.model_id, refresh=False)
         recipe = model.job.recipe

@@ -241,12 +241,6 @@ class ConfigStore:
                 elif path.name.startswith(".") and path.name.endswith(".tmp"):
                     path.unlink()
 
-    # -------------------------------------------------------------- reading back
-
-    def sealed_rows(self) -> int:
-        manifest = self.manifest()
-        return sum(pq.read_metadata(self.data_dir / n).num_rows for s in SPLITS for n in manifest["shards"][s])
-
 
 def _pack(table, max_bytes: int) -> Iterable:
     """Slices of ``table`` (rows in order), each under ``max_bytes`` of LoRA payload (at least one row)."""
