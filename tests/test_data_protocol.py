@@ -53,7 +53,7 @@ def test_aliases_unknown_configs_and_steps(synthetic_benchmark, tmp_path):
         load_benchmark(synthetic_benchmark, "medium_32")
     with pytest.raises(UnknownConfigError, match="unknown config 'mini_lo'"):
         load_benchmark(synthetic_benchmark, "mini_lo")
-    with pytest.raises(DatasetLayoutError, match="no snapshots at step 7.*300"):
+    with pytest.raises(DatasetLayoutError, match="no snapshots at step 7.*100"):
         labels(synthetic_benchmark, "mini_low_r8", "test", step=7)
     with pytest.raises(DatasetLayoutError, match="unknown split"):
         load_benchmark(synthetic_benchmark, "mini_low_r8", "validation")
@@ -64,11 +64,13 @@ def test_aliases_unknown_configs_and_steps(synthetic_benchmark, tmp_path):
 def test_checkpoint_step_is_selected_among_snapshots(tmp_path):
     from lora_wise.layout import render_card, write_shards
 
-    for split, rows in model_rows("mini_low_r8", micro_datasets=8, steps=(100, 200, 300)).items():
+    cfg = get_config("mini_low_r8")
+    for split, rows in model_rows("mini_low_r8", micro_datasets=8, steps=cfg.snapshot_steps).items():
         write_shards(rows, tmp_path, "mini_low_r8", split)
     render_card(tmp_path)
-    assert set(feature_table(tmp_path, "mini_low_r8").steps.tolist()) == {300}
-    assert set(feature_table(tmp_path, "mini_low_r8", step=100).steps.tolist()) == {100}
+    assert set(feature_table(tmp_path, "mini_low_r8").steps.tolist()) == {cfg.checkpoint_step}
+    other = next(s for s in cfg.snapshot_steps if s != cfg.checkpoint_step)
+    assert set(feature_table(tmp_path, "mini_low_r8", step=other).steps.tolist()) == {other}
     assert len(feature_table(tmp_path, "mini_low_r8", step=None)) == 3 * len(feature_table(tmp_path, "mini_low_r8"))
 
 
