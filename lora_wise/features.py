@@ -27,9 +27,11 @@ model at a time, so memory does not grow with the size of the LoRAs read.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence, TypeVar
 
@@ -96,22 +98,53 @@ class ModelFeatures:
         return self.sv["A"].shape[1]
 
 
+def _workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One small process-wide pool: BLAS and LAPACK release the GIL, and OpenBLAS does not
+    spread r x k GEMMs or batches of tiny eigenproblems over cores by itself."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(_workers(), thread_name_prefix="lora-wise-features")
+        return _POOL
+
+
+def _chunks(index: list[int], parts: int) -> list[list[int]]:
+    size = -(-len(index) // parts)
+    return [index[i:i + size] for i in range(0, len(index), size)]
+
+
 class SpectralExtractor:
     """Computes :class:`ModelFeatures`; keeps its float64 work buffers across models.
 
     ``rank`` fixes the length of the singular-value vectors (default: the LoRA's
-    largest layer rank); layers of lower rank are zero-padded.
+    largest layer rank); layers of lower rank are zero-padded.  Layers are processed
+    in chunks on a small thread pool (``workers``, default: the cores, at most 4).
     """
 
-    def __init__(self, rank: int | None = None):
+    def __init__(self, rank: int | None = None, workers: int | None = None):
         self.rank = rank
-        self._buffers: dict[tuple[int, ...], np.ndarray] = {}
+        self.workers = workers or _workers()
+        self._local = threading.local()  # per-thread float64 buffers, reused across models
 
     def _buffer(self, shape: tuple[int, ...]) -> np.ndarray:
-        buf = self._buffers.get(shape)
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        buf = buffers.get(shape)
         if buf is None:
-            buf = self._buffers[shape] = np.empty(shape, dtype=np.float64)
+            buf = buffers[shape] = np.empty(shape, dtype=np.float64)
         return buf
+
+    def _map(self, fn, items: list) -> list:
+        if self.workers == 1 or len(items) == 1:
+            return [fn(item) for item in items]
+        return list(_pool().map(fn, items))
 
     def __call__(self, weights: LoRAWeights) -> ModelFeatures:
         names = tuple(weights)
@@ -124,23 +157,32 @@ class SpectralExtractor:
         for i, name in enumerate(names):
             layer = weights[name]
             groups[(layer.rank, *layer.shape)].append(i)
-        # Gram matrices of every layer, grouped by rank so that all r x r eigenproblems of one
-        # rank go to LAPACK in a single batched call.
-        grams: dict[int, list[tuple[list[int], np.ndarray]]] = defaultdict(list)
-        for (r, d, k), index in groups.items():
+        # Work items: chunks of layers of one shape, so that threads share the work evenly.
+        items = [((r, d, k), chunk) for (r, d, k), index in groups.items()
+                 for chunk in _chunks(index, self.workers)]
+
+        def run(item):
+            (r, d, k), index = item
             layers = [weights[names[i]] for i in index]
             if min(d, k) < r:  # tiny layers: the Gram matrices are singular by construction
-                self._store(sv, index, _householder(layers))
-                continue
+                return r, index, None, _householder(layers)
             stacks, a64, b64 = self._grams(layers, r, d, k)
             if stacks is None:  # A is rank deficient: Cholesky QR cannot give R_A exactly
-                self._store(sv, index, _householder(layers, a64, b64))
-                continue
-            grams[r].append((index, stacks))
+                return r, index, None, _householder(layers, a64, b64)
+            return r, index, stacks, None
+
+        # Gram matrices grouped by rank, so all r x r eigenproblems of one rank are solved together.
+        grams: dict[int, list[tuple[list[int], np.ndarray]]] = defaultdict(list)
+        for r, index, stacks, exact in self._map(run, items):
+            if exact is not None:
+                self._store(sv, index, exact)
+            else:
+                grams[r].append((index, stacks))
         for r, parts in grams.items():
             index = [i for part_index, _ in parts for i in part_index]
-            stacked = np.concatenate([stack for _, stack in parts], axis=1)  # (3, n, r, r)
-            values = _sqrt_eig(stacked.reshape(-1, r, r)).reshape(3, len(index), r)
+            stacked = np.concatenate([stack for _, stack in parts], axis=1).reshape(-1, r, r)  # (3n, r, r)
+            pieces = self._map(_sqrt_eig, np.array_split(stacked, min(self.workers, len(stacked))))
+            values = np.concatenate(pieces).reshape(3, len(index), r)
             self._store(sv, index, dict(zip(MATRICES, values)))
         scales = np.array([1.0 if weights[name].scale is None else abs(weights[name].scale) for name in names])
         sv["BA"] *= scales[:, None].astype(np.float32)
