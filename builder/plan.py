@@ -8,7 +8,8 @@ whichever executor runs it (in-process, or a worker of a distributed build).
 :func:`plan_config` turns a config and its micro-datasets into
 :class:`PlannedModel` s -- the unit, the images drawn for it, its seed, its
 prompt and its training job -- in a fixed order (micro-dataset index, then
-size), so every process of a build plans the same list.
+size), so every process of a build plans the same list.  :func:`groups_of` cuts
+that list into the groups a batched trainer fine-tunes together.
 """
 
 from __future__ import annotations
@@ -85,3 +86,25 @@ def plan_config(cfg: BenchmarkConfig, micro_datasets: Sequence[MicroDataset]) ->
 def pending(planned: Iterable[PlannedModel], done: set[str]) -> list[PlannedModel]:
     """The planned models whose unit is not committed yet."""
     return [p for p in planned if p.key not in done]
+
+
+def group_key(job: TrainingJob) -> tuple:
+    """What the models trained together in one batched pass must share (seeds, prompts, images are their own)."""
+    return (job.rank, job.lora_alpha, job.recipe, tuple(job.snapshot_steps))
+
+
+def groups_of(models: Sequence[PlannedModel], group_size: int) -> list[list[PlannedModel]]:
+    """Consecutive runs of ``group_size`` models (the last of a run may be smaller) sharing a :func:`group_key`.
+
+    Cut from a config's whole plan, the groups are the same in every process of a build;
+    cut again from whole groups put back to back (a shard's share), they come out unchanged.
+    """
+    if group_size < 1:
+        raise ValueError(f"--batch-models must be at least 1, not {group_size}")
+    groups: list[list[PlannedModel]] = []
+    for model in models:
+        if groups and len(groups[-1]) < group_size and group_key(groups[-1][0].job) == group_key(model.job):
+            groups[-1].append(model)
+        else:
+            groups.append([model])
+    return groups

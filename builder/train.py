@@ -314,6 +314,28 @@ def _jsonable(value):
     return str(value)
 
 
+def adapter_metadata(unet) -> dict:
+    """The UNet's PEFT adapter config as diffusers stores it in a LoRA file (sets as sorted lists)."""
+    return _jsonable(unet.peft_config[ADAPTER_NAME].to_dict())
+
+
+def lora_file(state: dict, metadata: dict) -> bytes:
+    """A PEFT-named LoRA state dict as the safetensors file diffusers writes, canonical header.
+
+    ``state`` maps ``<module path>.lora_A.weight`` / ``.lora_B.weight`` to float32 CPU
+    tensors (the keys of ``get_peft_model_state_dict``); ``metadata`` is
+    :func:`adapter_metadata`.  Both trainers serialise through this one function, so a
+    batched model's file has the same keys, metadata and header as a one-model file.
+    """
+    from .backbones import sd_pipeline_class
+
+    StableDiffusionPipeline = sd_pipeline_class()
+    with tempfile.TemporaryDirectory() as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=state, unet_lora_adapter_metadata=metadata,
+                                                  weight_name=LORA_WEIGHT_NAME)
+        return canonical_safetensors((Path(tmp) / LORA_WEIGHT_NAME).read_bytes())
+
+
 def lora_safetensors(unet) -> bytes:
     """The UNet's LoRA as the safetensors file diffusers writes (PEFT naming, adapter metadata).
 
@@ -323,16 +345,9 @@ def lora_safetensors(unet) -> bytes:
     import torch
     from peft.utils import get_peft_model_state_dict
 
-    from .backbones import sd_pipeline_class
-
-    StableDiffusionPipeline = sd_pipeline_class()
     state = {k: v.detach().to("cpu", torch.float32).contiguous()
              for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME).items()}
-    metadata = _jsonable(unet.peft_config[ADAPTER_NAME].to_dict())
-    with tempfile.TemporaryDirectory() as tmp:
-        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=state, unet_lora_adapter_metadata=metadata,
-                                                  weight_name=LORA_WEIGHT_NAME)
-        return canonical_safetensors((Path(tmp) / LORA_WEIGHT_NAME).read_bytes())
+    return lora_file(state, adapter_metadata(unet))
 
 
 def canonical_safetensors(data: bytes) -> bytes:
