@@ -7,11 +7,19 @@ A build runs in two phases so that bad input costs nothing:
    and decode every image that will be used, open the output folder's build state
    (refusing to mix models trained with a different recipe or backbone), and find
    the units already done;
-2. **train**: load each backbone once (the miniature one is pre-trained and cached
-   on first use), hand the pending units to a trainer (:func:`builder.train.train_units`,
-   or any function with its signature -- a batched trainer, a distributed executor),
-   commit each finished model atomically as it arrives, seal the config's shards
-   and render the card.
+2. **train**: cut each config's plan into groups of ``batch_models`` models
+   (:func:`builder.plan.groups_of`), keep this process's share (``--shard i/N``) and
+   the groups with work left, load each backbone once (the miniature one is
+   pre-trained and cached on first use), hand the groups to the trainer -- the
+   batched one (:func:`builder.batched.train_units_batched`) by default, the
+   one-model PEFT loop (:func:`builder.train.train_units`) with ``batch_models=1``,
+   or Ray tasks (:func:`builder.distributed.train_on_ray`) -- commit each finished
+   model atomically as it arrives, seal the config's shards and render the card.
+
+The batched trainer is the default wherever it is faster: on a CPU it fine-tunes 64
+miniature models at once, one group per core in worker processes of one thread each
+(bench/build.py measures models/hour for K = 1, 4, 16, 64 against one model at a
+time), on a GPU as many as a probe step says fit in free memory (at most 64).
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from lora_wise.layout import DEFAULT_MAX_SHARD_BYTES
 from .backbones import DEFAULT_MINI_SPEC, MiniBackboneSpec, backbone_info, resolve_backbone
 from .micro_datasets import (FolderSource, HFImageSource, ImageSource, SyntheticSource, check_images,
                              check_micro_datasets, source_for)
-from .plan import PlannedModel, pending, plan_config
+from .distributed import shard_groups
+from .plan import PlannedModel, groups_of, pending, plan_config
 from .train import train_units
 from .write import ConfigStore, render, snapshot_rows
 
@@ -59,13 +68,26 @@ class BuildOptions:
     backbone: str | None = None
     mini_spec: MiniBackboneSpec = DEFAULT_MINI_SPEC
     device: str | None = None
-    #: CPU threads while fine-tuning; None: 1 for the miniature backbone on a CPU (its batch-1 steps are
-    #: too small to split: measured 28 ms/step on 1 thread vs 34 ms on 2), torch's default otherwise.
+    #: CPU threads per training process; None: 1 for the miniature backbone on a CPU (its small operations
+    #: split badly: one model's batch-1 steps took 28 ms on 1 thread vs 34 ms on 2, and a group's steps gain
+    #: less from a second thread than from a second process -- see ``workers``), torch's default otherwise.
     #: Pre-training the miniature backbone always uses torch's default.
     threads: int | None = None
+    #: Models fine-tuned together by the batched trainer; 1: one at a time with PEFT (``train_units``);
+    #: None: ``DEFAULT_CPU_GROUP_SIZE`` on a CPU, from a memory probe on a GPU.  Snapshots have the same
+    #: bytes in every build with the same group size, threads and hardware.
+    batch_models: int | None = None
+    #: ``(i, N)``: build only the groups whose index is ``i`` modulo ``N`` (``--shard i/N``).
+    shard: tuple[int, int] | None = None
+    #: Training processes on this machine, each taking whole groups; None: one per core for the miniature
+    #: backbone on a CPU (one thread each), else 1.  Bytes do not depend on it.
+    workers: int | None = None
+    #: Train on Ray: None in this process; "" Ray's default cluster (RAY_ADDRESS or a local one), or an address.
+    ray: str | None = None
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     progress: bool = True
-    #: ``train_units``-compatible trainer: (models, backbone, source, on_done, progress) -> None.
+    #: ``train_units``-compatible trainer replacing the default one in this process:
+    #: (models, backbone, source, on_done, progress) -> None.
     trainer: Callable | None = None
 
 
@@ -86,6 +108,11 @@ class BuildSummary:
         skipped = f", {self.models_skipped} already done" if self.models_skipped else ""
         return (f"built {self.models_built} models ({self.snapshots} snapshots{skipped}) of "
                 f"{', '.join(self.configs)} in {self.wall_seconds:.1f} s: {self.models_per_hour:.0f} models/hour")
+
+    @property
+    def complete(self) -> bool:
+        """Every planned model of every config is sealed (False while other shards are still at work)."""
+        return all(c.get("complete", True) for c in self.per_config.values())
 
 
 def resolve_configs(names: Sequence[str] | None, options: BuildOptions) -> list[BenchmarkConfig]:
@@ -127,8 +154,12 @@ class _ConfigPlan:
     precision: str
     store: ConfigStore
     recipe_json: str
-    todo: list[PlannedModel]
-    total: int
+    planned: list[PlannedModel]
+    done: set[str]
+
+    @property
+    def todo(self) -> list[PlannedModel]:
+        return [m for m in self.planned if m.key not in self.done]
 
 
 def _plan(cfg: BenchmarkConfig, options: BuildOptions, device: str) -> _ConfigPlan:
@@ -147,24 +178,43 @@ def _plan(cfg: BenchmarkConfig, options: BuildOptions, device: str) -> _ConfigPl
                    "dataset_sizes": list(cfg.dataset_sizes), "snapshot_steps": list(cfg.snapshot_steps),
                    "backbone": identity, "precision": precision, "images": _source_identity(source)}
     store = ConfigStore(options.out, cfg, fingerprint).open()
-    todo = pending(planned, store.done_units())
-    check_images(source, [image for model in todo for image in model.image_ids])
+    done = store.done_units()
+    check_images(source, [image for model in pending(planned, done) for image in model.image_ids])
     recipe = json.loads(cfg.recipe.to_json())
     recipe["build"] = {"backbone": identity, "precision": precision, "images": fingerprint["images"]}
-    return _ConfigPlan(cfg, source, backbone, precision, store, json.dumps(recipe, sort_keys=True), todo,
-                       len(planned))
+    return _ConfigPlan(cfg, source, backbone, precision, store, json.dumps(recipe, sort_keys=True), planned, done)
 
 
 def _training_threads(options: BuildOptions, device: str, backbone_source: str) -> int | None:
+    """Threads per training process, decided once per build so every process (worker, shard, Ray task)
+    computes with the same number: float sums, and so the last bits, depend on it."""
+    import torch
+
     if options.threads is not None:
         return options.threads
-    if device == "cpu" and backbone_info(backbone_source) is not None:  # the miniature backbone
+    if device != "cpu":
+        return None
+    if backbone_info(backbone_source) is not None:  # the miniature backbone
         return 1
-    return None
+    return torch.get_num_threads()
+
+
+def _local_workers(options: BuildOptions, device: str, backbone_source: str, threads: int | None) -> int:
+    """Training processes on this machine: one per core (per ``threads`` cores) for the miniature on a CPU."""
+    import torch
+
+    if options.workers is not None:
+        if options.workers < 1:
+            raise ValueError(f"--workers must be at least 1, not {options.workers}")
+        return options.workers
+    if device == "cpu" and backbone_info(backbone_source) is not None:
+        return max(1, torch.get_num_threads() // max(threads or 1, 1))
+    return 1
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None):
+def torch_threads(threads: int | None):
+    """torch's intra-op threads set to ``threads`` (unchanged for None) during the block."""
     import torch
 
     before = torch.get_num_threads()
@@ -176,48 +226,144 @@ def _torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+class _Trainers:
+    """What a build keeps between configs: loaded backbones, worker pools (their workers keep backbones too)."""
+
+    def __init__(self, stack: contextlib.ExitStack, device: str):
+        self.stack, self.device = stack, device
+        self.backbones: dict[tuple[str, str], object] = {}
+        self.pools: dict[int, object] = {}
+
+    def backbone(self, source: str, plan: _ConfigPlan):
+        from .train import load_backbone
+
+        key = (source, plan.precision)
+        if key not in self.backbones:
+            self.backbones[key] = load_backbone(source, device=self.device,
+                                                mixed_precision=plan.cfg.recipe.mixed_precision)
+        return self.backbones[key]
+
+    def pool(self, workers: int):
+        from .distributed import worker_pool
+
+        if workers not in self.pools:
+            self.pools[workers] = self.stack.enter_context(worker_pool(workers))
+        return self.pools[workers]
+
+
+def _group_size(options: BuildOptions, plan: _ConfigPlan, source: str, trainers: _Trainers) -> int:
+    """``options.batch_models``, else the default for the device (a memory probe on a GPU)."""
+    from .batched import DEFAULT_CPU_GROUP_SIZE, probe_group_size
+
+    if options.batch_models is not None:
+        if options.batch_models < 1:
+            raise ValueError(f"--batch-models must be at least 1, not {options.batch_models}")
+        return options.batch_models
+    if not trainers.device.startswith("cuda"):
+        return DEFAULT_CPU_GROUP_SIZE
+    job = plan.planned[0].job
+    if options.ray is not None:
+        from .distributed import BackboneRef, probe_group_size_on_ray
+
+        return probe_group_size_on_ray(BackboneRef(source, plan.cfg.recipe.mixed_precision), job)
+    return probe_group_size(trainers.backbone(source, plan), job)
+
+
 def build(configs: Sequence[str] | None = None, options: BuildOptions | None = None) -> BuildSummary:
-    """Build ``configs`` (every miniature config by default) into ``options.out``; resumable."""
+    """Build ``configs`` (every miniature config by default) into ``options.out``; resumable.
+
+    With ``options.shard`` only that shard's groups are trained; the dataset is complete
+    once every shard has finished (each seals what has become sealable).
+    """
     from .backbones import pick_device
-    from .train import load_backbone
 
     options = options or BuildOptions()
     start = time.perf_counter()
-    device = pick_device(options.device)
+    if options.ray is not None:
+        from .distributed import cluster_has_gpus, connect_ray
+
+        connect_ray(options.ray)
+        device = "cuda" if cluster_has_gpus() else "cpu"  # where the training runs: the workers
+    else:
+        device = pick_device(options.device)
     cfgs = resolve_configs(configs, options)
     plans = [_plan(cfg, options, device) for cfg in cfgs]  # every check before any training
     summary = BuildSummary(configs=[c.name for c in cfgs])
-    trainer = options.trainer or train_units
-    loaded: dict[tuple[str, str], object] = {}
-    for plan in plans:
-        cfg, store = plan.cfg, plan.store
-        summary.models_skipped += plan.total - len(plan.todo)
-        built = 0
-        if plan.todo:
-            source = resolve_backbone(plan.backbone, options.mini_spec, progress=options.progress)
-            key = (source, plan.precision)
-            if key not in loaded:
-                loaded[key] = load_backbone(source, device=device, mixed_precision=cfg.recipe.mixed_precision)
-            backbone = loaded[key]
-
-            staged_bytes = store.staged_bytes()
-
-            def on_done(model: PlannedModel, snapshots, plan=plan) -> None:
-                """Commit one finished model; seal once a shard's worth is staged."""
-                nonlocal built, staged_bytes
-                path = plan.store.commit_unit(model.key, snapshot_rows(plan.cfg, model, snapshots, plan.recipe_json))
-                built += 1
-                summary.snapshots += len(snapshots)
-                staged_bytes += path.stat().st_size
-                if staged_bytes >= options.max_shard_bytes:
-                    plan.store.seal(options.max_shard_bytes)
-                    staged_bytes = 0
-
-            with _torch_threads(_training_threads(options, device, source)):
-                trainer(plan.todo, backbone, plan.source, on_done, progress=options.progress)
-        store.seal(options.max_shard_bytes)
-        render(options.out)  # after each config, so a multi-config build killed later has a valid card
-        summary.models_built += built
-        summary.per_config[cfg.name] = {"built": built, "planned": plan.total}
+    with contextlib.ExitStack() as stack:
+        trainers = _Trainers(stack, device)
+        for plan in plans:
+            _build_config(plan, options, trainers, summary)
     summary.wall_seconds = time.perf_counter() - start
     return summary
+
+
+def _build_config(plan: _ConfigPlan, options: BuildOptions, trainers: _Trainers, summary: BuildSummary) -> None:
+    """Train this process's share of one config's groups, commit each model, seal, render the card."""
+    cfg, store = plan.cfg, plan.store
+    keys = [m.key for m in plan.planned]
+    built = 0
+    group_size = 1
+    if plan.todo:
+        source = resolve_backbone(plan.backbone, options.mini_spec, progress=options.progress)
+        group_size = _group_size(options, plan, source, trainers)
+        mine = shard_groups(groups_of(plan.planned, group_size), options.shard)
+        summary.models_skipped += sum(m.key in plan.done for group in mine for m in group)
+        work = [m for group in mine if any(m.key not in plan.done for m in group) for m in group]
+        staged_bytes = store.staged_bytes()
+
+        def on_done(model: PlannedModel, snapshots) -> None:
+            """Commit a finished model (not again if its retrained group brought it back); seal when a
+            shard's worth is staged."""
+            nonlocal built, staged_bytes
+            if model.key in plan.done:
+                return
+            path = store.commit_unit(model.key, snapshot_rows(cfg, model, snapshots, plan.recipe_json))
+            plan.done.add(model.key)
+            built += 1
+            summary.snapshots += len(snapshots)
+            staged_bytes += path.stat().st_size
+            if staged_bytes >= options.max_shard_bytes:
+                store.seal(options.max_shard_bytes, planned=keys)
+                staged_bytes = store.staged_bytes()
+
+        if work:
+            _train(work, plan, source, group_size, on_done, options, trainers)
+    else:
+        summary.models_skipped += len(plan.planned)
+    store.seal(options.max_shard_bytes, planned=keys)
+    render(options.out)  # after each config, so a multi-config build killed later has a valid card
+    summary.models_built += built
+    summary.per_config[cfg.name] = {"built": built, "planned": len(plan.planned), "group_size": group_size,
+                                    "complete": set(keys) <= set(store.manifest()["units"])}
+
+
+def _train(work: list[PlannedModel], plan: _ConfigPlan, source: str, group_size: int, on_done: Callable,
+           options: BuildOptions, trainers: _Trainers) -> None:
+    """Run the groups of ``work``: on Ray, in worker processes, or in this process."""
+    import functools
+
+    from .distributed import BackboneRef
+
+    device = trainers.device
+    threads = _training_threads(options, device, source)
+    workers = min(_local_workers(options, device, source, threads), len(groups_of(work, group_size)))
+    ref = BackboneRef(source, plan.cfg.recipe.mixed_precision)
+    if options.ray is not None:
+        from .distributed import train_on_ray
+
+        train_on_ray(work, ref, plan.source, on_done, progress=options.progress, group_size=group_size,
+                     threads=threads, address=options.ray)
+    elif workers > 1 and options.trainer is None:
+        from .distributed import train_in_processes
+
+        train_in_processes(work, ref, plan.source, on_done, trainers.pool(workers), progress=options.progress,
+                           group_size=group_size, threads=threads)
+    else:
+        trainer = options.trainer
+        if trainer is None:
+            from .batched import train_units_batched
+
+            trainer = functools.partial(train_units_batched, group_size=group_size) if group_size > 1 \
+                else train_units
+        with torch_threads(threads):
+            trainer(work, trainers.backbone(source, plan), plan.source, on_done, progress=options.progress)

@@ -16,6 +16,11 @@ them as a LoRA-WiSE dataset folder laid out exactly as the Hub repo: README.md (
 card) and data/<config>/<split>-NNNNN.parquet.  With no --config, every miniature
 config is built on the miniature backbone (pre-trained once and cached).  Builds are
 resumable: rerun the same command after an interruption and finished models are kept.
+
+Models are fine-tuned --batch-models at a time in one batched pass, each exactly as
+one-at-a-time PEFT training would (to float tolerance).  Spread a build over machines
+with --shard i/N (e.g. a Slurm job array writing into one shared --out folder) or over
+a Ray cluster with --ray; either gives the same dataset as one process.
 """
 
 BUILD_EPILOG = """\
@@ -25,6 +30,8 @@ examples:
   lora-wise build --config low_r8 --images concept101/ --out lora-wise
   lora-wise build --config medium_r32 --image-dataset imagenet-1k --label-column label
   lora-wise build --config medium_r32 --flip         # the paper's defense, as config medium_r32-flip
+  lora-wise build --config low_r8 --images /shared/c101 --out /shared/lw --shard 0/8   # shard 0 of 8
+  lora-wise build --config low_r8 --images /shared/c101 --ray auto   # on a running Ray cluster
 """
 
 
@@ -59,8 +66,23 @@ def register(commands) -> None:
                        help="UNet pre-training steps of the miniature backbone (cached per value)")
     model.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when available)")
     model.add_argument("--threads", type=int, metavar="N",
-                       help="CPU threads while fine-tuning (default: 1 for the miniature backbone on a CPU, "
-                            "whose tiny steps run fastest on one thread; torch's choice otherwise)")
+                       help="CPU threads per training process (default: 1 for the miniature backbone on a CPU, "
+                            "whose small steps gain more from a process per core; torch's choice otherwise)")
+    scale = p.add_argument_group("speed and scale")
+    scale.add_argument("--batch-models", type=int, metavar="K",
+                       help="models fine-tuned together in one batched pass (default: 64 on a CPU, as many as "
+                            "fit in free memory on a GPU); 1 trains one model at a time with PEFT")
+    scale.add_argument("--workers", type=int, metavar="N",
+                       help="training processes on this machine, each taking whole groups (default: one per core "
+                            "for the miniature backbone on a CPU, else 1)")
+    scale.add_argument("--shard", metavar="I/N", type=_shard,
+                       help="build only shard I of N (groups of --batch-models models, index I modulo N), e.g. "
+                            "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; all shards write into one --out folder "
+                            "and the last to finish leaves the complete dataset")
+    scale.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                       help="run each group as a Ray task (a GPU per task where the cluster has GPUs); without "
+                            "ADDRESS Ray's default (RAY_ADDRESS, else a local cluster), `auto` for a cluster "
+                            "started with `ray start`")
     p.add_argument("--max-shard-mb", type=float, default=256.0, help="upper bound on a Parquet shard's size")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_build)
@@ -88,11 +110,26 @@ def _cmd_build(args) -> int:
         label_column=args.label_column, image_column=args.image_column, image_split=args.image_split,
         backbone=args.backbone, device=args.device, threads=args.threads,
         mini_spec=dataclasses.replace(DEFAULT_MINI_SPEC, pretrain_steps=args.pretrain_steps),
-        max_shard_bytes=int(args.max_shard_mb * 1024 * 1024), progress=not args.no_progress)
+        max_shard_bytes=int(args.max_shard_mb * 1024 * 1024), progress=not args.no_progress,
+        batch_models=args.batch_models, workers=args.workers, shard=args.shard, ray=args.ray)
     summary = build(args.config, options)
     print(summary.format())
-    print(f"load it with: datasets.load_dataset({str(args.out)!r}, {summary.configs[0]!r})")
+    if summary.complete:
+        print(f"load it with: datasets.load_dataset({str(args.out)!r}, {summary.configs[0]!r})")
+    else:
+        print(f"shard {args.shard[0]}/{args.shard[1]} done; {args.out} is complete once every shard has finished "
+              f"(or rerun without --shard to build whatever is missing)" if args.shard else
+              f"{args.out} is not complete yet; rerun the same command to finish it")
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from .distributed import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _cmd_push(args) -> int:

@@ -7,8 +7,8 @@ and ``README.md``) and keeps its bookkeeping beside it, in ``.lora-wise-build/<c
     one file per finished model, all its snapshots; written to a temporary name and
     renamed, so it either exists whole or not at all.  A unit is *done* once its file
     exists (or once it is sealed).
-``pending/<split>-NNNNN.parquet``
-    shards being sealed.
+``pending/sNNNNNN-<split>-NNNNN.parquet``
+    shards being sealed, named after their seal.
 ``manifest.json``
     the truth about the sealed state: which units are sealed, which shards make each
     split, the next free shard index, and the build's fingerprint (recipe, backbone,
@@ -22,6 +22,22 @@ shards the manifest no longer lists and the staged units it has absorbed.
 Rolling forward is idempotent and runs again at the start of every build, so a
 build killed at any moment -- mid-training, mid-sealing, mid-card -- restarts
 into a state where every snapshot is present exactly once.
+
+Several processes may build one config into one folder at once (``--shard i/N``
+on a shared filesystem, a distributed driver): unit commits, seals and roll-forwards
+each hold the config's file lock, and the sealed shards are a function of the set of
+rows alone, whichever process trained, committed or sealed which unit:
+
+* a seal given the build's planned units packs only the *sealable prefix* -- the
+  staged units before the first unit (in key order, which is row order) that is
+  not done yet -- so rows always reach the shards in sorted order;
+* the last shard of a split is reopened whenever the next row fits, so packing in
+  several seals cuts shards exactly where one greedy pass over all rows would;
+* once every planned unit is sealed, shards are renumbered ``00000, 00001, ...``
+  per split (hard links, committed like a seal), the names one seal would give.
+
+Pending shards carry their seal's number (``s000007-train-00003.parquet``), so a
+roll-forward installs only the committed seal's files.
 """
 
 from __future__ import annotations
@@ -64,11 +80,6 @@ def snapshot_rows(cfg: BenchmarkConfig, model: PlannedModel, snapshots: Sequence
              "rank": cfg.rank, "backbone": cfg.backbone_name, "step": snap.step, "seed": model.job.seed,
              "image_ids": list(model.image_ids), "recipe": recipe_json, "lora": snap.lora}
             for snap in snapshots]
-
-
-def _payload_bytes(table) -> int:
-    """Approximate size of rows in a shard: their LoRA bytes plus a little for the labels."""
-    return int(table.column("lora").nbytes) + ROW_LABEL_BYTES * table.num_rows
 
 
 class ConfigStore:
@@ -156,9 +167,15 @@ class ConfigStore:
         return set(self.manifest()["units"]) | set(self.staged_units())
 
     def commit_unit(self, key: str, rows: list[dict]) -> Path:
-        """Stage one finished model atomically; from now on the unit counts as done."""
+        """Stage one finished model atomically; from now on the unit counts as done.
+
+        Under the lock, so another process's roll-forward never takes this write's
+        temporary file for a leftover of a killed build.
+        """
         path = self._unit_path(key)
-        write_table(rows_to_table(rows), path)
+        table = rows_to_table(rows)
+        with self.lock():
+            write_table(table, path)
         _crash_hook("unit-committed")
         return path
 
@@ -167,54 +184,109 @@ class ConfigStore:
 
     # -------------------------------------------------------------- sealing
 
-    def seal(self, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> int:
-        """Pack staged units into shards and commit them; returns how many units were sealed."""
+    def sealable_units(self, planned: Iterable[str] | None = None) -> list[str]:
+        """Staged units a seal may pack now: all of them, or with ``planned`` the sealable prefix.
+
+        The prefix: in key order over the planned, staged and sealed units, the staged
+        ones before the first unit that is not done.  Sealing only prefixes keeps rows
+        reaching the shards in sorted order however the units finish.
+        """
+        manifest = self.manifest()
+        sealed = set(manifest["units"])
+        staged = [k for k in self.staged_units() if k not in sealed]
+        if planned is None:
+            return staged
+        done = sealed | set(staged)
+        prefix = []
+        for key in sorted(set(planned) | done):
+            if key not in done:
+                break
+            if key not in sealed:
+                prefix.append(key)
+        return prefix
+
+    def seal(self, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, planned: Iterable[str] | None = None) -> int:
+        """Pack staged units into shards and commit them; returns how many units were sealed.
+
+        With ``planned`` (the build's unit keys) only the sealable prefix is packed, and
+        once every planned unit is sealed the shards get their canonical names.
+        """
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        planned = None if planned is None else sorted(planned)
         with self.lock():
             self._roll_forward()
             manifest = self.manifest()
-            staged = [k for k in self.staged_units() if k not in set(manifest["units"])]
-            if not staged:
-                return 0
-            staged_rows = pa.concat_tables([pq.read_table(self._unit_path(k)) for k in staged])
-            sides = pa.array([self.split_of(i) for i in staged_rows.column("micro_dataset_index").to_pylist()])
-            shards = {s: list(manifest["shards"][s]) for s in SPLITS}
-            next_index = dict(manifest["next_index"])
-            self.pending_dir.mkdir(parents=True, exist_ok=True)
-            for split in SPLITS:
-                rows = staged_rows.filter(pc.equal(sides, split))
-                if rows.num_rows == 0:
-                    continue
-                rows = rows.sort_by([("micro_dataset_index", "ascending"), ("dataset_size", "ascending"),
-                                     ("step", "ascending")])
-                if shards[split]:  # reopen the last shard when it is small, to keep shards near the bound
-                    last = pq.read_table(self.data_dir / shards[split][-1])
-                    if _payload_bytes(last) < max_shard_bytes // 2:
-                        rows = pa.concat_tables([last, rows])
-                        shards[split].pop()
-                for part in _pack(rows, max_shard_bytes):
-                    name = shard_name(split, next_index[split])
-                    next_index[split] += 1
-                    write_table(part, self.pending_dir / name)
-                    shards[split].append(name)
-                    _crash_hook("sealing")
-            manifest.update(units=sorted(set(manifest["units"]) | set(staged)), shards=shards, next_index=next_index)
-            self._write_manifest(manifest)  # the commit point
-            _crash_hook("after-manifest")
-            self._roll_forward()
+            staged = self.sealable_units(planned)
+            if staged:
+                staged_rows = pa.concat_tables([pq.read_table(self._unit_path(k)) for k in staged])
+                sides = pa.array([self.split_of(i) for i in staged_rows.column("micro_dataset_index").to_pylist()])
+                shards = {s: list(manifest["shards"][s]) for s in SPLITS}
+                next_index = dict(manifest["next_index"])
+                generation = manifest.get("seal", 0) + 1
+                self.pending_dir.mkdir(parents=True, exist_ok=True)
+                for split in SPLITS:
+                    rows = staged_rows.filter(pc.equal(sides, split))
+                    if rows.num_rows == 0:
+                        continue
+                    rows = rows.sort_by([("micro_dataset_index", "ascending"), ("dataset_size", "ascending"),
+                                         ("step", "ascending")])
+                    if shards[split]:  # reopen the last shard while the next row fits, as one greedy pass would
+                        last = pq.read_table(self.data_dir / shards[split][-1])
+                        if _packed_bytes(last) + _packed_bytes(rows.slice(0, 1)) <= max_shard_bytes:
+                            rows = pa.concat_tables([last, rows])
+                            shards[split].pop()
+                    for part in _pack(rows.combine_chunks(), max_shard_bytes):
+                        name = shard_name(split, next_index[split])
+                        next_index[split] += 1
+                        write_table(part, self.pending_dir / _pending_name(generation, name))
+                        shards[split].append(name)
+                        _crash_hook("sealing")
+                manifest.update(units=sorted(set(manifest["units"]) | set(staged)), shards=shards,
+                                next_index=next_index, seal=generation)
+                self._write_manifest(manifest)  # the commit point
+                _crash_hook("after-manifest")
+                self._roll_forward()
+            if planned is not None and set(planned) <= set(manifest["units"]) and not self.sealable_units():
+                self._renumber(manifest)
             return len(staged)
+
+    def _renumber(self, manifest: dict) -> None:
+        """Give a complete config's shards the names one seal would: ``<split>-00000`` upwards.
+
+        A seal that reopens a shard writes it under a new index, so shards sealed over
+        several seals have gaps.  Each renamed shard is hard-linked (or copied) into
+        ``pending/`` under its new name and the manifest commits the new names; the
+        roll-forward then moves them in and drops the old names -- the seal protocol,
+        crash-safe as a seal.
+        """
+        renames = {s: {old: shard_name(s, i) for i, old in enumerate(manifest["shards"][s])} for s in SPLITS}
+        if all(old == new for s in SPLITS for old, new in renames[s].items()):
+            return
+        generation = manifest.get("seal", 0) + 1
+        self.pending_dir.mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            for old, new in renames[split].items():
+                if old != new:
+                    _link_or_copy(self.data_dir / old, self.pending_dir / _pending_name(generation, new))
+        manifest.update(shards={s: list(renames[s].values()) for s in SPLITS},
+                        next_index={s: len(renames[s]) for s in SPLITS}, seal=generation)
+        self._write_manifest(manifest)
+        _crash_hook("after-manifest")
+        self._roll_forward()
 
     def _roll_forward(self) -> None:
         """Make the folder match the manifest (idempotent; safe to repeat after any crash).
 
-        Shards the manifest no longer lists go first, then its new shards move in: a
-        reader looking between two steps may miss rows, but never sees one twice.
+        Shards the manifest no longer lists go first, then its seal's pending shards move
+        in, highest index first (a renamed shard never shows twice): a reader looking
+        between two steps may miss rows, but never sees one twice.
         """
         manifest = self._read_manifest()
         if manifest is None:
             return
+        generation = manifest.get("seal", 0)
         listed = {name for s in SPLITS for name in manifest["shards"][s]}
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for path in list(self.data_dir.iterdir()):
@@ -222,8 +294,8 @@ class ConfigStore:
                 path.unlink()  # a shard replaced by a reseal
             elif path.name.startswith(".") and path.name.endswith(".tmp"):
                 path.unlink()  # a half-written file
-        for name in sorted(listed):
-            src, dst = self.pending_dir / name, self.data_dir / name
+        for name in sorted(listed, reverse=True):
+            src, dst = self.pending_dir / _pending_name(generation, name), self.data_dir / name
             if src.exists():
                 os.replace(src, dst)
                 _crash_hook("rolling-forward")
@@ -240,6 +312,29 @@ class ConfigStore:
                     path.unlink()
                 elif path.name.startswith(".") and path.name.endswith(".tmp"):
                     path.unlink()
+
+
+def _pending_name(generation: int, name: str) -> str:
+    """A pending shard's file name: the shard's name, prefixed by its seal's number (none for seal 0)."""
+    return f"s{generation:06d}-{name}" if generation else name
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` with ``src``'s bytes: a hard link where the filesystem allows, a copy otherwise."""
+    import shutil
+
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _packed_bytes(table) -> int:
+    """A table's rows as :func:`_pack` counts them: LoRA bytes plus a little for the labels."""
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.binary_length(table.column("lora"))).as_py() or 0) + ROW_LABEL_BYTES * table.num_rows
 
 
 def _pack(table, max_bytes: int) -> Iterable:

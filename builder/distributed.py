@@ -1,0 +1,240 @@
+"""Spreading a build's work over processes and machines: groups, ``--shard i/N``, and Ray.
+
+The grain of distribution is a **group**: consecutive planned models of a config,
+``group_size`` at a time (:func:`builder.plan.groups_of`), which the batched trainer fine-tunes
+in one pass.  Groups are cut from the config's full plan, never from what is left to
+do, so every process of a build -- a resumed one, a shard, a Ray worker -- trains the
+same models side by side; a group with any model left is trained whole (the finished
+ones are not committed again).  With the same group size, threads and hardware the
+snapshots therefore have the same bytes however the work was spread, and
+:class:`builder.write.ConfigStore` seals the same shards from them.
+
+Three ways to spread the groups:
+
+* **worker processes** on one machine (:func:`worker_pool`, :func:`train_in_processes`,
+  ``--workers N``): the default for the miniature backbone on a CPU, one single-threaded
+  process per core, each training whole groups;
+* ``--shard i/N`` (:func:`parse_shard`, :func:`shard_groups`): a process builds the
+  groups whose index is ``i`` modulo ``N`` -- one task of a Slurm job array, say
+  ``lora-wise build --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT --out /shared/lw``.
+  All shards write into one output folder on a shared filesystem, concurrently or
+  not; each commits its units and seals what has become sealable, so the last shard
+  to finish leaves the complete dataset (a later plain ``lora-wise build`` does too,
+  and trains whatever a failed shard left).  Every shard must get the same flags.
+* **Ray** (:func:`train_on_ray`, ``--ray [ADDRESS]``): the driver plans and checks as
+  usual, then submits one Ray task per group -- ``num_gpus=1`` where the cluster has
+  GPUs, ``num_cpus=<training threads>`` otherwise.  A task loads the backbone (once
+  per worker process), trains its group with the batched trainer and *returns* the
+  snapshots (safetensors bytes); the driver commits and seals them as they arrive, so
+  the output folder needs to exist on the driver's machine only.  Workers must import
+  this package and reach the backbone and images: a Hub id, or a path every node sees.
+
+This module imports Ray only inside :func:`train_on_ray` (the ``distributed`` extra).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N``; a clear error otherwise."""
+    match = _SHARD.match(text or "")
+    if not match:
+        raise ValueError(f"--shard takes INDEX/COUNT, e.g. 0/4 for the first of four shards, not {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text}: the index must be between 0 and COUNT-1 (COUNT >= 1), e.g. "
+                         f"0/{max(count, 1)} .. {max(count, 1) - 1}/{max(count, 1)}")
+    return index, count
+
+
+def shard_groups(groups: Sequence[list], shard: tuple[int, int] | None) -> list[list]:
+    """The groups shard ``(i, N)`` builds: those whose index is ``i`` modulo ``N`` (all without a shard)."""
+    if shard is None:
+        return list(groups)
+    index, count = shard
+    return [g for position, g in enumerate(groups) if position % count == index]
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    """What a worker needs to load the backbone itself: where from, and in which precision."""
+
+    source: str
+    mixed_precision: str
+
+
+# ----------------------------------------------------------------------------- Ray
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover - ray is in the `distributed` extra
+        raise RuntimeError("--ray needs Ray: pip install 'lora-wise[distributed]' (or pip install ray), "
+                           "or build without --ray.") from exc
+    return ray
+
+
+def connect_ray(address: str | None = None):
+    """Join (or start) a Ray cluster once per process; ``address`` as ``ray.init`` takes it.
+
+    An empty or None address lets Ray decide: ``RAY_ADDRESS`` when set, else a local
+    cluster on this machine.  ``"auto"`` joins a cluster started with ``ray start``.
+    """
+    ray = _import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RuntimeError(f"could not connect to the Ray cluster at {address or 'RAY_ADDRESS/local'}: {exc}. "
+                               f"Start one with `ray start --head`, pass its address to --ray, or drop --ray.") from exc
+    return ray
+
+
+def cluster_has_gpus() -> bool:
+    ray = _import_ray()
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+#: Backbones loaded in this (worker) process, reused by its later tasks.
+_BACKBONES: dict = {}
+
+
+def _worker_backbone(backbone: BackboneRef, device: str):
+    from .train import load_backbone
+
+    key = (backbone.source, device, backbone.mixed_precision)
+    if key not in _BACKBONES:
+        _BACKBONES[key] = load_backbone(backbone.source, device=device, mixed_precision=backbone.mixed_precision)
+    return _BACKBONES[key]
+
+
+def train_group_task(models: Sequence, backbone: BackboneRef, source, group_size: int,
+                     threads: int | None) -> list[tuple[str, list]]:
+    """One Ray task's work (also callable in-process): train ``models`` and return ``[(unit key, snapshots)]``."""
+    import torch
+
+    from .batched import train_units_batched
+    from .build import torch_threads
+    from .train import train_units
+
+    loaded = _worker_backbone(backbone, "cuda" if torch.cuda.is_available() else "cpu")
+    results: list[tuple[str, list]] = []
+
+    def keep(model, snapshots) -> None:
+        results.append((model.key, snapshots))
+
+    with torch_threads(threads):
+        if group_size > 1:
+            train_units_batched(models, loaded, source, keep, progress=False, group_size=group_size)
+        else:
+            train_units(models, loaded, source, keep, progress=False)
+    return results
+
+
+def _hand_over(results: Iterable[list[tuple[str, list]]], models: Sequence, on_done: Callable, progress: bool,
+               desc: str) -> None:
+    """``on_done(model, snapshots)`` for each model of each group's result, as the results arrive."""
+    from tqdm.auto import tqdm
+
+    by_key = {m.key: m for m in models}
+    with tqdm(total=len(models), desc=desc, unit="model", disable=not progress, dynamic_ncols=True) as bar:
+        for result in results:
+            for key, snapshots in result:
+                on_done(by_key[key], snapshots)
+                bar.update()
+
+
+def worker_pool(workers: int, preload: BackboneRef | None = None):
+    """A pool of ``workers`` training processes (``spawn``-ed: fresh interpreters, safe with torch).
+
+    Workers load a backbone on first use and keep it for later groups; ``preload`` loads
+    one as each worker starts.  Close it with ``shutdown()`` (or use it as a context manager).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_preload if preload else None, initargs=(preload,) if preload else ())
+
+
+def _preload(backbone: BackboneRef) -> None:
+    import torch
+
+    _worker_backbone(backbone, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_in_processes(models: Sequence, backbone: BackboneRef, source, on_done: Callable, pool,
+                       progress: bool = True, group_size: int = 1, threads: int | None = None) -> None:
+    """Train ``models`` on a :func:`worker_pool`, one group per task; ``on_done`` in this process.
+
+    Each task runs :func:`train_group_task` on ``threads`` threads; groups finish in any
+    order.  On a CPU, processes use cores far better than threads on the miniature's small
+    operations, and a one-thread process computes the same bits whatever its group's
+    neighbours, so the dataset does not depend on how many workers built it.
+    """
+    from concurrent.futures import as_completed
+
+    from .plan import groups_of
+
+    futures = [pool.submit(train_group_task, group, backbone, source, group_size, threads)
+               for group in groups_of(models, group_size)]
+    try:
+        name = models[0].unit.config if models else "models"
+        _hand_over((f.result() for f in as_completed(futures)), models, on_done, progress,
+                   f"{name} ({pool._max_workers} processes)")
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+
+
+def train_on_ray(models: Sequence, backbone: BackboneRef, source, on_done: Callable, progress: bool = True,
+                 group_size: int = 1, threads: int | None = None, address: str | None = None) -> None:
+    """Train ``models`` on a Ray cluster, one task per group; ``on_done(model, snapshots)`` in the driver.
+
+    ``models`` are whole groups back to back (as the build passes them); tasks finish in
+    any order and each model is handed to ``on_done`` as its task returns.
+    """
+    from .plan import groups_of
+
+    ray = connect_ray(address)
+    if cluster_has_gpus():
+        options = {"num_gpus": 1, "num_cpus": 1}
+    else:
+        options = {"num_cpus": max(1, threads or 1)}
+    remote = ray.remote(**options)(train_group_task)
+    source_ref = ray.put(source)
+    pending = [remote.remote(group, backbone, source_ref, group_size, threads)
+               for group in groups_of(models, group_size)]
+
+    def finished():
+        while pending:
+            ready, _ = ray.wait(pending, num_returns=1)
+            pending.remove(ready[0])
+            yield ray.get(ready[0])
+
+    try:
+        name = models[0].unit.config if models else "models"
+        _hand_over(finished(), models, on_done, progress, f"{name} on Ray")
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def probe_group_size_on_ray(backbone: BackboneRef, job) -> int:
+    """:func:`builder.batched.probe_group_size` run on one of the cluster's GPU workers."""
+    ray = _import_ray()
+
+    def probe(backbone: BackboneRef, job) -> int:
+        from .batched import probe_group_size
+
+        return probe_group_size(_worker_backbone(backbone, "cuda"), job)
+
+    return ray.get(ray.remote(num_gpus=1, num_cpus=1)(probe).remote(backbone, job))
