@@ -346,11 +346,14 @@ def train_group(backbone: Backbone, jobs: Sequence[TrainingJob], latents: Sequen
 
 def train_units_batched(models: Sequence["PlannedModel"], backbone: Backbone, source,  # noqa: F821
                         on_done: Callable[["PlannedModel", list[Snapshot]], None],  # noqa: F821
-                        progress: bool = True, group_size: int = DEFAULT_CPU_GROUP_SIZE) -> None:
+                        progress: bool = True, group_size: int = DEFAULT_CPU_GROUP_SIZE,
+                        on_step: Callable[[float], None] | None = None) -> None:
     """:func:`builder.train.train_units`, K models at a time: consecutive groups of ``group_size``.
 
     Each model's images are loaded, checked and VAE-encoded once; ``on_done(model, snapshots)``
-    follows for every model of a group, in order, once the group finishes.
+    follows for every model of a group, in order, once the group finishes.  ``on_step(models)``
+    follows every training step with the share of models it advanced (K / steps), for a
+    progress bar in another process.
     """
     from tqdm.auto import tqdm
 
@@ -367,8 +370,10 @@ def train_units_batched(models: Sequence["PlannedModel"], backbone: Backbone, so
             steps = tqdm(total=recipe.max_train_steps, desc=f"steps x{len(group)}", unit="step", leave=False,
                          disable=not progress, dynamic_ncols=True)
 
-            def tick(step: int, losses, steps=steps) -> None:
+            def tick(step: int, losses, steps=steps, share=len(group) / recipe.max_train_steps) -> None:
                 steps.update()
+                if on_step is not None:
+                    on_step(share)
                 if progress and step % 50 == 0:
                     steps.set_postfix(loss=f"{float(losses.mean()):.4f}", refresh=False)
 

@@ -114,9 +114,13 @@ def _worker_backbone(backbone: BackboneRef, device: str):
     return _BACKBONES[key]
 
 
-def train_group_task(models: Sequence, backbone: BackboneRef, source, group_size: int,
-                     threads: int | None) -> list[tuple[str, list]]:
-    """One Ray task's work (also callable in-process): train ``models`` and return ``[(unit key, snapshots)]``."""
+def train_group_task(models: Sequence, backbone: BackboneRef, source, group_size: int, threads: int | None,
+                     ticks=None, task: int = 0) -> list[tuple[str, list]]:
+    """One task's work: train ``models`` and return ``[(unit key, snapshots)]``.
+
+    ``ticks``: a queue that receives ``(task, models advanced)`` after every step, for the
+    driver's progress bar.
+    """
     import torch
 
     from .batched import train_units_batched
@@ -129,25 +133,57 @@ def train_group_task(models: Sequence, backbone: BackboneRef, source, group_size
     def keep(model, snapshots) -> None:
         results.append((model.key, snapshots))
 
+    def tick(share: float) -> None:
+        ticks.put((task, share))
+
     with torch_threads(threads):
         if group_size > 1:
-            train_units_batched(models, loaded, source, keep, progress=False, group_size=group_size)
+            train_units_batched(models, loaded, source, keep, progress=False, group_size=group_size,
+                                on_step=tick if ticks is not None else None)
         else:
             train_units(models, loaded, source, keep, progress=False)
     return results
 
 
-def _hand_over(results: Iterable[list[tuple[str, list]]], models: Sequence, on_done: Callable, progress: bool,
-               desc: str) -> None:
-    """``on_done(model, snapshots)`` for each model of each group's result, as the results arrive."""
+def _hand_over(finished: Iterable[tuple[int, list[tuple[str, list]]]], groups: Sequence[list], on_done: Callable,
+               progress: bool, desc: str, drain: Callable[[], list[tuple[int, float]]]) -> None:
+    """``on_done(model, snapshots)`` for each model of each finished task, as the tasks finish.
+
+    ``finished`` yields ``(task, result)``, or None now and then while nothing finishes;
+    ``drain()`` returns the step ticks received so far, which move the bar (in models,
+    fractionally) while groups train.
+    """
     from tqdm.auto import tqdm
 
-    by_key = {m.key: m for m in models}
-    with tqdm(total=len(models), desc=desc, unit="model", disable=not progress, dynamic_ncols=True) as bar:
-        for result in results:
-            for key, snapshots in result:
-                on_done(by_key[key], snapshots)
-                bar.update()
+    by_key = {m.key: m for group in groups for m in group}
+    shown = [0.0] * len(groups)
+    with tqdm(total=len(by_key), desc=desc, unit="model", disable=not progress, dynamic_ncols=True,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]") as bar:
+        def show() -> None:
+            bar.n = min(float(bar.total), round(sum(shown), 6))
+            bar.refresh()
+
+        for item in finished:
+            for task, share in drain():
+                shown[task] = min(shown[task] + share, len(groups[task]))
+            if item is not None:
+                task, result = item
+                for key, snapshots in result:
+                    on_done(by_key[key], snapshots)
+                shown[task] = len(groups[task])
+            show()
+
+
+def _drain(queue) -> list:
+    """Everything waiting in ``queue`` (a ``multiprocessing`` or Ray queue), without blocking."""
+    import queue as queues
+
+    items = []
+    while True:
+        try:
+            items.append(queue.get_nowait())
+        except queues.Empty:  # ray.util.queue.Empty is one too
+            return items
 
 
 def worker_pool(workers: int, preload: BackboneRef | None = None):
@@ -178,20 +214,32 @@ def train_in_processes(models: Sequence, backbone: BackboneRef, source, on_done:
     operations, and a one-thread process computes the same bits whatever its group's
     neighbours, so the dataset does not depend on how many workers built it.
     """
-    from concurrent.futures import as_completed
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     from .plan import groups_of
 
-    futures = [pool.submit(train_group_task, group, backbone, source, group_size, threads)
-               for group in groups_of(models, group_size)]
-    try:
-        name = models[0].unit.config if models else "models"
-        _hand_over((f.result() for f in as_completed(futures)), models, on_done, progress,
-                   f"{name} ({pool._max_workers} processes)")
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        raise
+    groups = groups_of(models, group_size)
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        ticks = manager.Queue() if progress else None
+        futures = {pool.submit(train_group_task, group, backbone, source, group_size, threads, ticks, task): task
+                   for task, group in enumerate(groups)}
+
+        def finished():
+            waiting = set(futures)
+            while waiting:
+                done, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
+                yield from ((futures[future], future.result()) for future in done)
+                yield None  # a heartbeat: the bar moves on the step ticks meanwhile
+
+        try:
+            name = models[0].unit.config if models else "models"
+            _hand_over(finished(), groups, on_done, progress, f"{name} ({pool._max_workers} processes)",
+                       lambda: _drain(ticks) if ticks is not None else [])
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def train_on_ray(models: Sequence, backbone: BackboneRef, source, on_done: Callable, progress: bool = True,
@@ -209,23 +257,32 @@ def train_on_ray(models: Sequence, backbone: BackboneRef, source, on_done: Calla
     else:
         options = {"num_cpus": max(1, threads or 1)}
     remote = ray.remote(**options)(train_group_task)
+    from ray.util.queue import Queue
+
     source_ref = ray.put(source)
-    pending = [remote.remote(group, backbone, source_ref, group_size, threads)
-               for group in groups_of(models, group_size)]
+    groups = groups_of(models, group_size)
+    ticks = Queue() if progress else None
+    pending = {remote.remote(group, backbone, source_ref, group_size, threads, ticks, task): task
+               for task, group in enumerate(groups)}
 
     def finished():
         while pending:
-            ready, _ = ray.wait(pending, num_returns=1)
-            pending.remove(ready[0])
-            yield ray.get(ready[0])
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                yield pending.pop(ref), ray.get(ref)
+            yield None  # a heartbeat: the bar moves on the step ticks meanwhile
 
     try:
         name = models[0].unit.config if models else "models"
-        _hand_over(finished(), models, on_done, progress, f"{name} on Ray")
+        _hand_over(finished(), groups, on_done, progress, f"{name} on Ray",
+                   lambda: _drain(ticks) if ticks is not None else [])
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
+    finally:
+        if ticks is not None:
+            ticks.shutdown()
 
 
 def probe_group_size_on_ray(backbone: BackboneRef, job) -> int:
