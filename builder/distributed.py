@@ -2,12 +2,14 @@
 
 The grain of distribution is a **group**: consecutive planned models of a config,
 ``group_size`` at a time (:func:`builder.plan.groups_of`), which the batched trainer fine-tunes
-in one pass.  Groups are cut from the config's full plan, never from what is left to
-do, so every process of a build -- a resumed one, a shard, a Ray worker -- trains the
-same models side by side; a group with any model left is trained whole (the finished
-ones are not committed again).  With the same group size, threads and hardware the
-snapshots therefore have the same bytes however the work was spread, and
-:class:`builder.write.ConfigStore` seals the same shards from them.
+in one pass.  Groups are cut from the config's plan (all its planned models, never
+what is left to do), so every process of a build -- a resumed one, a shard, a worker
+-- trains the same models side by side; a group with any model left is trained whole
+(the finished ones are not committed again).  With the same group size, threads per
+process and hardware the snapshots therefore have the same bytes however the work was
+spread, and :class:`builder.write.ConfigStore` seals the same shards from them.  (On a
+GPU the default group size comes from a memory probe; pass ``--batch-models`` to every
+process of a spread build so that they agree.)
 
 Three ways to spread the groups:
 
@@ -29,7 +31,7 @@ Three ways to spread the groups:
   the output folder needs to exist on the driver's machine only.  Workers must import
   this package and reach the backbone and images: a Hub id, or a path every node sees.
 
-This module imports Ray only inside :func:`train_on_ray` (the ``distributed`` extra).
+Ray (the ``distributed`` extra) and torch are imported only inside the functions that use them.
 """
 
 from __future__ import annotations
