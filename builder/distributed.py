@@ -216,13 +216,14 @@ def train_in_processes(models: Sequence, backbone: BackboneRef, source, on_done:
     operations, and a one-thread process computes the same bits whatever its group's
     neighbours, so the dataset does not depend on how many workers built it.
     """
+    import contextlib
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, wait
 
     from .plan import groups_of
 
     groups = groups_of(models, group_size)
-    with multiprocessing.get_context("spawn").Manager() as manager:
+    with multiprocessing.get_context("spawn").Manager() if progress else contextlib.nullcontext() as manager:
         ticks = manager.Queue() if progress else None
         futures = {pool.submit(train_group_task, group, backbone, source, group_size, threads, ticks, task): task
                    for task, group in enumerate(groups)}
