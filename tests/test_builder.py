@@ -123,25 +123,28 @@ def test_snapshot_loads_into_a_diffusers_pipeline(built, tiny_backbone, tmp_path
 
 
 def test_rows_equal_a_direct_training_run(built, backbone, test_cfg):  # noqa: F811
-    """The build's bytes are those of the trainer called by hand on the same images and seed.
+    """The build's bytes are those of the trainer called by hand on the same images and seeds.
 
-    The build encodes and fine-tunes the miniature on one CPU thread; so does this call (float
-    sums, and so the last bits of latents and weights, depend on how many threads split them).
+    The build trains on the batched trainer by default, and a config this small is one group
+    (K = 64 on a CPU), so the hand-made call trains the whole plan as one group too.  The build
+    encodes and fine-tunes the miniature on one CPU thread; so does this call (float sums, and
+    so the last bits of latents and weights, depend on how many threads split them).
     """
     import torch
 
-    from builder.train import train_lora
+    from builder.batched import train_group
 
     out, _, _ = built
     source = SyntheticSource(32)
     micros = source.micro_datasets(test_cfg)
-    planned = [p for p in plan_config(test_cfg, micros) if p.unit.micro_dataset_index == 1][-1]
+    group = plan_config(test_cfg, micros)
+    planned = [p for p in group if p.unit.micro_dataset_index == 1][-1]
     assert planned.image_ids == tuple(draw_image_ids(micros[1], 4, 0))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        latents = backbone.encode_images(load_pixels(source, planned.image_ids, 32))
-        snapshots = train_lora(backbone, planned.job, latents)
+        latents = [backbone.encode_images(load_pixels(source, p.image_ids, 32)) for p in group]
+        snapshots = train_group(backbone, [p.job for p in group], latents)[group.index(planned)]
     finally:
         torch.set_num_threads(threads)
     rows = {r["step"]: r for r in _rows(out, "test") if r["model_id"] == planned.unit.model_id}
