@@ -35,6 +35,8 @@ browser:
 bench: install
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/baselines.py
+	$(BIN)/python bench/build.py
+	$(BIN)/python bench/builder_training.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

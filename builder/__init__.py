@@ -10,6 +10,9 @@ The pipeline, one module per step::
                                           miniature pipeline pre-trained once and cached)
       -> train.py                         DreamBooth-LoRA with PEFT, per-model RNG protocol, snapshots
                                           saved as diffusers LoRA safetensors
+      -> batched.py                       K models of one config in one forward/backward (stacked LoRA
+                                          factors, per-model AdamW, clipping, RNG); equal to train.py
+      -> distributed.py                   groups of units on worker processes, `--shard i/N`, or Ray
       -> write.py                         rows -> atomic unit commits -> sealed Parquet shards + card
       -> push.py                          huggingface_hub upload of the folder
 
