@@ -54,8 +54,8 @@ from torch import nn
 
 from .plan import group_key, groups_of
 from .train import (ADAM_BETAS, ADAM_EPSILON, ADAM_WEIGHT_DECAY, ADAPTER_NAME, MAX_GRAD_NORM, Backbone,
-                    ImageOrder, LatentStats, Snapshot, TrainingJob, _lr_scheduler, adapter_metadata, draw_step,
-                    init_lora_weights, lora_adapter, lora_file, sample_latents)
+                    ImageOrder, LatentStats, Snapshot, TrainingJob, _lr_scheduler, adapter_metadata, denoising_step,
+                    draw_step, init_lora_weights, lora_adapter, lora_file, sample_latents)
 
 #: Models per group on a CPU: bench/build.py measured the miniature's throughput rising up to K = 64.
 DEFAULT_CPU_GROUP_SIZE = 64
@@ -267,7 +267,7 @@ def train_group(backbone: Backbone, jobs: Sequence[TrainingJob], latents: Sequen
     if len(shapes) != 1:
         raise ValueError(f"a group's images must share one latent shape, not {sorted(shapes)}")
     latent_shape = shapes.pop()
-    unet, device, scheduler = backbone.unet, backbone.device, backbone.noise_scheduler
+    unet, device = backbone.unet, backbone.device
     batch = recipe.train_batch_size
     accumulation = recipe.gradient_accumulation_steps
 
@@ -309,15 +309,7 @@ def train_group(backbone: Backbone, jobs: Sequence[TrainingJob], latents: Sequen
                 x0 = torch.cat([sample_latents(lat, d, backbone.scaling_factor) for lat, d in zip(latents, draws)])
                 noise = torch.cat([d.noise for d in draws]).to(device)
                 timesteps = torch.cat([d.timesteps for d in draws]).to(device)
-                noisy = scheduler.add_noise(x0, noise, timesteps)
-                if backbone.prediction_type == "epsilon":
-                    target = noise
-                elif backbone.prediction_type == "v_prediction":
-                    target = scheduler.get_velocity(x0, noise, timesteps)
-                else:
-                    raise ValueError(f"unsupported prediction type {backbone.prediction_type!r}")
-                with torch.autocast("cuda", dtype=backbone.weight_dtype, enabled=backbone.mixed_precision):
-                    pred = unet(noisy.to(backbone.weight_dtype), timesteps, embeddings, return_dict=False)[0]
+                pred, target = denoising_step(backbone, x0, noise, timesteps, embeddings)
                 losses = F.mse_loss(pred.float(), target.float(), reduction="none").reshape(models, -1).mean(1)
                 losses = losses / accumulation
                 (scaler.scale_losses(losses) if scaler else losses).sum().backward()

@@ -377,6 +377,27 @@ def _lr_scheduler(recipe: Recipe, optimizer):
                          num_training_steps=recipe.max_train_steps)
 
 
+def denoising_step(backbone: Backbone, x0, noise, timesteps, embeddings):
+    """DDPM forward noising of ``x0`` and the UNet's prediction: ``(prediction, target)``.
+
+    The target is the noise, or the velocity where the scheduler predicts ``v_prediction``
+    (SD 2); the UNet runs under autocast where the backbone trains in mixed precision.
+    """
+    import torch
+
+    scheduler = backbone.noise_scheduler
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    if backbone.prediction_type == "epsilon":
+        target = noise
+    elif backbone.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(x0, noise, timesteps)
+    else:
+        raise ValueError(f"unsupported prediction type {backbone.prediction_type!r}")
+    with torch.autocast("cuda", dtype=backbone.weight_dtype, enabled=backbone.mixed_precision):
+        pred = backbone.unet(noisy.to(backbone.weight_dtype), timesteps, embeddings, return_dict=False)[0]
+    return pred, target
+
+
 def train_lora(backbone: Backbone, job: TrainingJob, latents: LatentStats,
                step_callback: Callable[[int, object], None] | None = None) -> list[Snapshot]:
     """Fine-tune one LoRA on ``latents`` (the job's images, encoded); return its snapshots in step order.
@@ -398,7 +419,6 @@ def train_lora(backbone: Backbone, job: TrainingJob, latents: LatentStats,
     batch = recipe.train_batch_size
     embeddings = prompt.expand(batch, -1, -1)
     latent_shape = tuple(latents.mean.shape[1:])
-    scheduler = backbone.noise_scheduler
     snapshots = []
     layers = lora_adapter(backbone, job.rank, job.lora_alpha, recipe.target_modules)
     init_lora_weights(unet, job.rank, generator)
@@ -418,17 +438,8 @@ def train_lora(backbone: Backbone, job: TrainingJob, latents: LatentStats,
             draws = draw_step(generator, order, batch, latent_shape, backbone.num_train_timesteps,
                               recipe.flip_augmentation)
             x0 = sample_latents(latents, draws, backbone.scaling_factor)
-            noise = draws.noise.to(device)
-            timesteps = draws.timesteps.to(device)
-            noisy = scheduler.add_noise(x0, noise, timesteps)
-            if backbone.prediction_type == "epsilon":
-                target = noise
-            elif backbone.prediction_type == "v_prediction":
-                target = scheduler.get_velocity(x0, noise, timesteps)
-            else:
-                raise ValueError(f"unsupported prediction type {backbone.prediction_type!r}")
-            with torch.autocast("cuda", dtype=backbone.weight_dtype, enabled=backbone.mixed_precision):
-                pred = unet(noisy.to(backbone.weight_dtype), timesteps, embeddings, return_dict=False)[0]
+            pred, target = denoising_step(backbone, x0, draws.noise.to(device), draws.timesteps.to(device),
+                                          embeddings)
             loss = F.mse_loss(pred.float(), target.float()) / recipe.gradient_accumulation_steps
             (scaler.scale(loss) if scaler else loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
