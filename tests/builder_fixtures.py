@@ -2,7 +2,7 @@
 
 The tiny config (``mini_builder_test``: 4 micro-datasets, sizes 1/2/4, rank 4,
 4 steps with snapshots at 2 and 4) is registered only while a test module needs
-it (:func:`test_config_registered`), so other tests never see it in the registry.
+it (:func:`tiny_config_registered`), so other tests never see it in the registry.
 A subprocess build registers it itself (:func:`main`), which is how the
 resumability tests can SIGKILL a real build.
 """
@@ -40,7 +40,7 @@ def make_test_config() -> BenchmarkConfig:
 
 
 @contextlib.contextmanager
-def test_config_registered():
+def tiny_config_registered():
     """Register the tiny config for the duration of the block."""
     cfg = registry.register_config(make_test_config(), replace=True)
     try:
@@ -80,5 +80,5 @@ def tiny_backbone(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def test_cfg():
-    with test_config_registered() as cfg:
+    with tiny_config_registered() as cfg:
         yield cfg

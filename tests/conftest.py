@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 # evaluate copies metric scripts into HF_MODULES_CACHE, read once at import: keep it out of the user's home.
-os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="lora-wise-hf-modules-"))
+if "HF_MODULES_CACHE" not in os.environ:
+    _modules_cache = tempfile.mkdtemp(prefix="lora-wise-hf-modules-")
+    os.environ["HF_MODULES_CACHE"] = _modules_cache
+    atexit.register(shutil.rmtree, _modules_cache, ignore_errors=True)
 
 from synthetic import write_synthetic_benchmark
 
