@@ -103,13 +103,6 @@ def load_references(dataset: str | os.PathLike | None, config: str, split: str =
         raise SubmissionError(
             f"no LoRA-WiSE dataset at {where!r} to score against: build one (`lora-wise build --config "
             f"{config} --out {where}`), or point --dataset (or ${DATASET_ENV}) at a folder or Hub repo id")
-    if Path(where).is_dir():
-        have = available_configs(where)
-        if config not in have:
-            raise SubmissionError(
-                f"the dataset {where!r} has no config {config!r}"
-                + (f"; it has {', '.join(have)}" if have else " (it holds no built configs)")
-                + f". Submit for one of those, or build it with `lora-wise build --config {config} --out {where}`")
     try:
         found = labels(where, config, split=split)
     except (UnknownConfigError, ValueError) as exc:
