@@ -148,32 +148,35 @@ def train_group_task(models: Sequence, backbone: BackboneRef, source, group_size
 
 
 def _hand_over(finished: Iterable[tuple[int, list[tuple[str, list]]]], groups: Sequence[list], on_done: Callable,
-               progress: bool, desc: str, drain: Callable[[], list[tuple[int, float]]]) -> None:
+               progress: bool, where: str, ticks, cancel: Callable[[], None]) -> None:
     """``on_done(model, snapshots)`` for each model of each finished task, as the tasks finish.
 
     ``finished`` yields ``(task, result)``, or None now and then while nothing finishes;
-    ``drain()`` returns the step ticks received so far, which move the bar (in models,
-    fractionally) while groups train.
+    ``ticks`` (a queue, or None) carries the step ticks that move the bar (in models,
+    fractionally) while groups train.  On any error, or an interrupt, ``cancel()`` stops
+    the tasks still pending before the error propagates.
     """
     from tqdm.auto import tqdm
 
     by_key = {m.key: m for group in groups for m in group}
     shown = [0.0] * len(groups)
-    with tqdm(total=len(by_key), desc=desc, unit="model", disable=not progress, dynamic_ncols=True,
-              bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]") as bar:
-        def show() -> None:
-            bar.n = min(float(bar.total), round(sum(shown), 6))
-            bar.refresh()
-
-        for item in finished:
-            for task, share in drain():
-                shown[task] = min(shown[task] + share, len(groups[task]))
-            if item is not None:
-                task, result = item
-                for key, snapshots in result:
-                    on_done(by_key[key], snapshots)
-                shown[task] = len(groups[task])
-            show()
+    desc = f"{groups[0][0].unit.config if groups else 'models'} ({where})"
+    try:
+        with tqdm(total=len(by_key), desc=desc, unit="model", disable=not progress, dynamic_ncols=True,
+                  bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]") as bar:
+            for item in finished:
+                for task, share in _drain(ticks) if ticks is not None else []:
+                    shown[task] = min(shown[task] + share, len(groups[task]))
+                if item is not None:
+                    task, result = item
+                    for key, snapshots in result:
+                        on_done(by_key[key], snapshots)
+                    shown[task] = len(groups[task])
+                bar.n = min(float(bar.total), round(sum(shown), 6))
+                bar.refresh()
+    except BaseException:
+        cancel()
+        raise
 
 
 def _drain(queue) -> list:
@@ -235,14 +238,8 @@ def train_in_processes(models: Sequence, backbone: BackboneRef, source, on_done:
                 yield from ((futures[future], future.result()) for future in done)
                 yield None  # a heartbeat: the bar moves on the step ticks meanwhile
 
-        try:
-            name = models[0].unit.config if models else "models"
-            _hand_over(finished(), groups, on_done, progress, f"{name} ({pool._max_workers} processes)",
-                       lambda: _drain(ticks) if ticks is not None else [])
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        _hand_over(finished(), groups, on_done, progress, f"{pool._max_workers} processes", ticks,
+                   lambda: [future.cancel() for future in futures])
 
 
 def train_on_ray(models: Sequence, backbone: BackboneRef, source, on_done: Callable, progress: bool = True,
@@ -276,13 +273,8 @@ def train_on_ray(models: Sequence, backbone: BackboneRef, source, on_done: Calla
             yield None  # a heartbeat: the bar moves on the step ticks meanwhile
 
     try:
-        name = models[0].unit.config if models else "models"
-        _hand_over(finished(), groups, on_done, progress, f"{name} on Ray",
-                   lambda: _drain(ticks) if ticks is not None else [])
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
+        _hand_over(finished(), groups, on_done, progress, "on Ray", ticks,
+                   lambda: [ray.cancel(ref, force=True) for ref in pending])
     finally:
         if ticks is not None:
             ticks.shutdown()
