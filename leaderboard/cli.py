@@ -42,7 +42,9 @@ def register(commands) -> None:
     p.add_argument("predictions", metavar="PRED", help="CSV or JSONL file of model_id,prediction")
     p.add_argument("--config", required=True,
                    help=("config name or alias (see `lora-wise configs`)"))
-    p.add_argument("--split", default="test", help="split the predictions are for: test (ranked) or train")
+    p.add_argument("--split", default=None,
+                   help="split the predictions are for: test (ranked) or train (default: the file's `split` "
+                        "column, else test)")
     p.add_argument("--method", help=("method name shown on the leaderboard (required unless "
                                                       "the file has a `method` column)"))
     p.add_argument("--authors", help=("who made the method"))

@@ -208,3 +208,19 @@ def test_reference_baselines_are_scored_on_the_standard_split(tmp_path, syntheti
                            "--db", store.path, capsys=capsys)  # again, from the CLI: nothing new
     assert code == 0 and "added 0 reference entries (all were already stored)" in out
     assert len(store.entries()) == 2
+
+
+def test_cli_submit_takes_config_and_split_from_the_file(tmp_path, synthetic_benchmark, capsys):
+    train = labels(synthetic_benchmark, CONFIG, "train")
+    rows = "".join(f"{m},{s},train,{CONFIG},from-file\n" for m, s in zip(train.model_ids, train.dataset_sizes))
+    pred = tmp_path / "train.csv"
+    pred.write_text("model_id,prediction,split,config,method\n" + rows)
+    db = tmp_path / "meta.sqlite"
+    code, out, err = run_cli("submit", pred, "--config", CONFIG, "--dataset", synthetic_benchmark, "--db", db,
+                             capsys=capsys)
+    assert code == 0, err
+    (entry,) = SQLiteStore(db).entries(CONFIG, "train")
+    assert (entry.method, entry.split, entry.mae, entry.accuracy) == ("from-file", "train", 0.0, 100.0)
+    code, _, err = run_cli("submit", pred, "--config", CONFIG, "--split", "test", "--dataset", synthetic_benchmark,
+                           "--db", db, capsys=capsys)
+    assert code == 2 and "split" in err and len(SQLiteStore(db).entries(CONFIG, "train")) == 1
