@@ -47,7 +47,7 @@ def run_demo(out: str = "lora-wise", report_dir: str = DEFAULT_REPORT, configs: 
     from builder.build import BuildOptions, build
     from leaderboard.baselines import add_baselines
     from leaderboard.entries import format_board
-    from leaderboard.store import open_store
+    from leaderboard.store import default_db_path, open_store
 
     from .configs import MINIATURE_CONFIGS
     from .data import feature_table
@@ -77,7 +77,7 @@ def run_demo(out: str = "lora-wise", report_dir: str = DEFAULT_REPORT, configs: 
 
     echo("[3/4] Registering both baselines on the local leaderboard")
     step_start = time.perf_counter()
-    store = open_store(db)
+    store = open_store(db if db is not None else default_db_path())  # local, even where a Hub results repo is set
     add_baselines(out, summary.configs, store=store,
                   results={a.config.name: a.results for a in analyses})
     for name in summary.configs:
