@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .baselines import LayerwiseVote, get_baseline
+from .baselines import LayerwiseVote, get_baseline, parse_matrices
 from .configs import BenchmarkConfig, get_config
-from .features import FeatureTable
+from .features import MATRICES, FeatureTable
 from .metrics.dataset_size_recovery.scores import compute_metrics
 from .paper import PaperResult, paper_result
 from .splits import PAPER_DRAWS, Split, draws
@@ -44,6 +44,7 @@ class ProtocolResult:
     config: BenchmarkConfig
     protocol: str
     draws: list[DrawResult] = field(default_factory=list)
+    step: int | None = None  # the snapshot step of the models scored (None: mixed steps)
 
     def mean(self, metric: str) -> float:
         return float(np.mean([d.metrics[metric] for d in self.draws]))
@@ -56,14 +57,9 @@ class ProtocolResult:
 
     @property
     def paper(self) -> PaperResult | None:
-        variant = ""
-        if self.params.get("vote") == "average":
-            variant = "average-vote"
-        elif self.params.get("matrices") not in (None, "A+B+BA"):
-            variant = "matrices=" + self.params["matrices"]
-        if self.params.get("k", 1) != 1 or self.params.get("classifier", "knn") != "knn":
-            return None
-        return paper_result(self.config, self.method, variant)
+        """The paper's row for exactly this experiment, or None where the paper reports none."""
+        key = paper_row_key(self.method, self.params, self.config, self.step)
+        return paper_result(self.config, *key) if key else None
 
     @property
     def standard(self) -> DrawResult:
@@ -88,6 +84,36 @@ class ProtocolResult:
         return "\n".join(lines)
 
 
+#: The paper's Table 5 names for the layer-wise classifiers other than k-NN.
+PAPER_CLASSIFIERS = {"lda": "gda", "ridge": "ridge-regression"}
+
+
+def paper_row_key(method: str, params: dict, config: BenchmarkConfig,
+                  step: int | None) -> tuple[str, str] | None:
+    """``(method, variant)`` of the paper's row for a baseline run with ``params`` at ``step``.
+
+    None for an experiment the paper never ran: other k or normalisation, or two options
+    varied at once.  Table 8 varies the step; Table 5 the vote and the classifier; Table 9
+    the matrices (given in any order).
+    """
+    if params.get("k", 1) != 1 or params.get("normalize", "global") != "global":
+        return None
+    variants = []
+    if step is None or step != config.checkpoint_step:
+        variants.append(f"steps={step}")
+    matrices = set(parse_matrices(params.get("matrices", "all")))
+    if matrices != set(MATRICES):
+        variants.append("matrices=" + "+".join(m for m in MATRICES if m in matrices))
+    if params.get("vote", "majority") != "majority":
+        variants.append(f"{params['vote']}-vote")
+    classifier = params.get("classifier", "knn")
+    if classifier != "knn":
+        return None if variants else (PAPER_CLASSIFIERS[classifier], "")
+    if len(variants) > 1:
+        return None
+    return method, variants[0] if variants else ""
+
+
 def run_protocol(table: FeatureTable, config: str | BenchmarkConfig, method: str | LayerwiseVote = "dsire",
                  protocol: str = "standard", train_micro_datasets: int | None = None,
                  **options) -> ProtocolResult:
@@ -100,7 +126,9 @@ def run_protocol(table: FeatureTable, config: str | BenchmarkConfig, method: str
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: choose {' or '.join(PROTOCOLS)}")
     template = get_baseline(method, **options) if isinstance(method, str) else method
-    result = ProtocolResult(method=template.name, params=template.params(), config=cfg, protocol=protocol)
+    steps = np.unique(table.steps)
+    result = ProtocolResult(method=template.name, params=template.params(), config=cfg, protocol=protocol,
+                            step=int(steps[0]) if len(steps) == 1 else None)
     for i, split in enumerate(draws(cfg, PROTOCOLS[protocol])):
         train_ids = split.train[:train_micro_datasets] if train_micro_datasets else split.train
         train_rows, test_rows = table.rows_of(train_ids), table.rows_of(split.test)

@@ -139,3 +139,29 @@ def test_labels_read_only_label_columns_streaming_or_not(synthetic_benchmark):
     assert np.array_equal(streamed.dataset_sizes, loaded.dataset_sizes)
     ds = load_benchmark(synthetic_benchmark, "mini_medium_r8", "train", columns=["model_id", "step"])
     assert ds.column_names == ["model_id", "step"]
+
+
+@pytest.mark.parametrize("config, method, params, step, expected", [  # expected: the row's MAE
+    ("medium_r32", "dsire", {}, 1200, 1.48),
+    ("medium_r32", "dsire", {"matrices": "BA+B+A"}, 1200, 1.48),  # all three, in any order
+    ("medium_r32", "dsire", {"matrices": "BA"}, 1200, 1.61),
+    ("medium_r32", "dsire", {"vote": "average"}, 1200, 3.57),
+    ("medium_r32", "dsire", {"classifier": "lda"}, 1200, 2.89),
+    ("medium_r32", "dsire", {"classifier": "ridge"}, 1200, 8.05),
+    ("medium_r16", "dsire", {}, 300, 2.43),
+    ("medium_sd2_r32", "frobenius-nn", {}, 1200, 2.95),
+    ("medium_r32", "dsire", {}, 300, None),  # no Table 8 row for rank 32
+    ("medium_r32", "dsire", {"k": 3}, 1200, None),
+    ("medium_r32", "dsire", {"normalize": "none"}, 1200, None),
+    ("medium_r32", "dsire", {"vote": "average", "matrices": "A"}, 1200, None),
+    ("medium_r32", "frobenius-nn", {"vote": "average"}, 1200, None),
+    ("mini_medium_r8", "dsire", {}, 100, None),
+])
+def test_the_paper_figure_beside_a_run_is_the_row_of_that_exact_experiment(config, method, params, step, expected):
+    from lora_wise.paper import paper_result
+    from lora_wise.protocol import paper_row_key
+
+    cfg = get_config(config)
+    key = paper_row_key(method, params, cfg, step)
+    row = paper_result(cfg, *key) if key else None
+    assert (row.mae if row else None) == expected  # the MAE tells the paper's rows apart
