@@ -11,15 +11,14 @@ and the orthonormal factors do not change singular values, so
 ``sv(BA) = sv(R_B R_A^T)``, an r x r problem.
 
 How, cheaply: the float64 Gram matrices ``A A^T`` and ``B^T B`` of all layers of
-one shape come from one batched GEMM each.  ``R_A`` is their Cholesky QR
-(``A A^T = L L^T``, ``R_A = L^T``), and ``C = R_B R_A^T`` satisfies
-``C^T C = L^T (B^T B) L``, so the squared singular values of A, B and BA are the
-eigenvalues of three symmetric r x r matrices per layer, solved in one batched
-LAPACK call.  For float32 input this is exact to float64 round-off (about
-1e-8 of the largest singular value, far below float32 resolution).  Where A is
-rank deficient or badly conditioned, Cholesky cannot give ``R_A`` exactly and
-the layer takes Householder QR of ``B`` and ``A^T`` and the SVD of the core
-instead, exact for any input (all-zero factors included).
+one shape come from one batched GEMM each, and their Cholesky factors are the R
+factors (Cholesky QR: ``A A^T = L_A L_A^T``, ``R_A = L_A^T``; likewise ``R_B = L_B^T``).
+The singular values of A, B and BA are then those of three r x r matrices per
+layer, ``L_A``, ``L_B`` and ``L_B^T L_A``, solved in one batched LAPACK call.  For
+float32 input this is exact to float64 round-off, far below float32 resolution.
+Where A or B is rank deficient or badly conditioned, Cholesky cannot give its R
+factor accurately and the layer takes Householder QR of ``B`` and ``A^T`` and the
+SVD of the core instead, exact for any input (all-zero factors included).
 
 :class:`FeatureTable` holds the features of a whole dataset; it is filled one
 model at a time, so memory does not grow with the size of the LoRAs read.
@@ -166,24 +165,30 @@ class SpectralExtractor:
             layers = [weights[names[i]] for i in index]
             if min(d, k) < r:  # tiny layers: the Gram matrices are singular by construction
                 return r, index, None, _householder(layers)
-            stacks, a64, b64 = self._grams(layers, r, d, k)
-            if stacks is None:  # A is rank deficient: Cholesky QR cannot give R_A exactly
+            stacks, a64, b64 = self._cores(layers, r, d, k)
+            if stacks is None:  # A or B is (nearly) rank deficient: Cholesky QR cannot give its R exactly
                 return r, index, None, _householder(layers, a64, b64)
             return r, index, stacks, None
 
-        # Gram matrices grouped by rank, so all r x r eigenproblems of one rank are solved together.
-        grams: dict[int, list[tuple[list[int], np.ndarray]]] = defaultdict(list)
+        # r x r cores grouped by rank, so all small SVDs of one rank are solved together.
+        cores: dict[int, list[tuple[list[int], np.ndarray]]] = defaultdict(list)
         for r, index, stacks, exact in self._map(run, items):
             if exact is not None:
                 self._store(sv, index, exact)
             else:
-                grams[r].append((index, stacks))
-        for r, parts in grams.items():
+                cores[r].append((index, stacks))
+        for r, parts in cores.items():
             index = [i for part_index, _ in parts for i in part_index]
             stacked = np.concatenate([stack for _, stack in parts], axis=1).reshape(-1, r, r)  # (3n, r, r)
-            pieces = self._map(_sqrt_eig, np.array_split(stacked, min(self.workers, len(stacked))))
+            pieces = self._map(_singular_values, np.array_split(stacked, min(self.workers, len(stacked))))
             values = np.concatenate(pieces).reshape(3, len(index), r)
             self._store(sv, index, dict(zip(MATRICES, values)))
+            # Cholesky QR squares a factor's condition number: where A or B is ill-conditioned
+            # its small singular values (and BA's) are redone by Householder QR.
+            ill = np.flatnonzero(~(_well_conditioned(values[0]) & _well_conditioned(values[1])))
+            if len(ill):
+                redo = [index[j] for j in ill]
+                self._store(sv, redo, _householder([weights[names[i]] for i in redo]))
         scales = np.array([1.0 if weights[name].scale is None else abs(weights[name].scale) for name in names])
         sv["BA"] *= scales[:, None].astype(np.float32)
         norms = {m: np.sqrt(np.square(sv[m], dtype=np.float64).sum(axis=1)).astype(np.float32) for m in MATRICES}
@@ -194,13 +199,14 @@ class SpectralExtractor:
         for m in MATRICES:
             sv[m][index, : values[m].shape[1]] = values[m]
 
-    def _grams(self, layers: list, r: int, d: int, k: int):
-        """(3, n, r, r) matrices whose eigenvalues are the squared singular values of A, B, BA
-        (None where A is too ill-conditioned for Cholesky QR), and the float64 factors.
+    def _cores(self, layers: list, r: int, d: int, k: int):
+        """(3, n, r, r) matrices with the singular values of A, B and BA (None where a Gram
+        matrix is numerically singular, so Cholesky fails), and the float64 factors.
 
-        With ``A A^T = L L^T`` (Cholesky; ``R_A = L^T`` is the R factor of ``A^T``) the core
-        ``C = R_B R_A^T = R_B L`` has ``C^T C = L^T (B^T B) L``: the singular values of BA come
-        from an r x r matrix, and B needs no factorization at all.
+        Cholesky QR: with ``A A^T = L_A L_A^T`` and ``B^T B = L_B L_B^T``, ``R_A = L_A^T`` is
+        the R factor of ``A^T`` and ``R_B = L_B^T`` that of ``B``, so sv(A) = sv(L_A),
+        sv(B) = sv(L_B) and sv(BA) = sv(R_B R_A^T) = sv(L_B^T L_A): r x r matrices only.
+        Their SVD (not the eigenvalues of a Gram of the core) keeps BA's conditioning unsquared.
         """
         n = len(layers)
         a64 = self._buffer((n, r, k))
@@ -211,25 +217,26 @@ class SpectralExtractor:
         gram_a = np.matmul(a64, a64.transpose(0, 2, 1))  # A A^T  (n, r, r)
         gram_b = np.matmul(b64.transpose(0, 2, 1), b64)  # B^T B  (n, r, r)
         try:
-            lower = np.linalg.cholesky(gram_a)
-        except np.linalg.LinAlgError:
+            lower_a = np.linalg.cholesky(gram_a)
+            lower_b = np.linalg.cholesky(gram_b)
+        except np.linalg.LinAlgError:  # a factor is numerically rank deficient
             return None, a64, b64
-        if not _well_conditioned(lower):
-            return None, a64, b64
-        core = np.matmul(np.matmul(lower.transpose(0, 2, 1), gram_b), lower)
-        return np.stack([gram_a, gram_b, core]), a64, b64
+        core = np.matmul(lower_b.transpose(0, 2, 1), lower_a)
+        return np.stack([lower_a, lower_b, core]), a64, b64
 
 
-def _well_conditioned(lower: np.ndarray) -> bool:
-    """Cholesky of a nearly singular Gram loses the small singular values; hand those to QR."""
-    diag = np.abs(np.diagonal(lower, axis1=1, axis2=2))
-    top = diag.max(axis=1)
-    return bool(np.all(diag.min(axis=1) > 1e-6 * np.maximum(top, np.finfo(np.float64).tiny)))
+#: Largest condition number of A or B taken by Cholesky QR: its relative error in the smallest
+#: singular value is about eps * cond**2 (here at most 2e-8, below float32 resolution).
+MAX_CHOLESKY_CONDITION = 1e4
 
 
-def _sqrt_eig(gram: np.ndarray) -> np.ndarray:
-    values = np.linalg.eigvalsh(gram)[:, ::-1]
-    return np.sqrt(np.clip(values, 0.0, None))
+def _well_conditioned(values: np.ndarray) -> np.ndarray:
+    """Per row of descending singular values: is the matrix well enough conditioned for Cholesky QR?"""
+    return values[:, -1] * MAX_CHOLESKY_CONDITION > values[:, 0]
+
+
+def _singular_values(matrices: np.ndarray) -> np.ndarray:
+    return np.linalg.svd(matrices, compute_uv=False)
 
 
 def _householder(layers: list, a64: np.ndarray | None = None, b64: np.ndarray | None = None) -> dict:

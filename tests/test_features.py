@@ -71,6 +71,28 @@ def test_layers_of_equal_shape_are_batched_and_still_exact():
     assert_matches_dense(weights, features, 8)
 
 
+@pytest.mark.parametrize("decades", [4, 6, 8])
+def test_ill_conditioned_factors_keep_their_small_singular_values(decades):
+    """Non-orthogonal B (and A) whose singular values span many decades, in layers of one shape
+    (the batched path): every singular value, the smallest included, to float32 precision."""
+    rng = np.random.default_rng(decades)
+    r, d, k = 8, 96, 80
+    layers = {}
+    for i in range(6):
+        u, _ = np.linalg.qr(rng.standard_normal((d, r)))
+        v, _ = np.linalg.qr(rng.standard_normal((r, r)))
+        b = (u * np.logspace(0, -decades, r)) @ v  # cond(B) = 10**decades, no orthogonal columns
+        a = rng.standard_normal((r, k)) * np.logspace(0, -decades / 2, r)[:, None] if i % 2 else \
+            rng.standard_normal((r, k))
+        layers[f"l{i}"] = LoRALayer(f"l{i}", a.astype(np.float32), b.astype(np.float32), None)
+    weights = LoRAWeights(layers, "peft")
+    features = extract(weights)
+    for i, name in enumerate(features.layer_names):
+        reference = dense_reference(weights[name], r)
+        for m in MATRICES:
+            np.testing.assert_allclose(features.sv[m][i], reference[m], rtol=1e-5, atol=0, err_msg=f"{name}:{m}")
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_files_match_dense_svd_of_their_float32_values(dtype):
     torch = pytest.importorskip("torch")
