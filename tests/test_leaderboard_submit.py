@@ -55,10 +55,11 @@ def test_submit_scores_against_an_independent_computation(tmp_path, synthetic_be
     assert entry.mape == pytest.approx(100 * np.mean(np.abs(p - t) / t))
     assert entry.accuracy == pytest.approx(100 * np.mean(np.round(p) == t))
     sizes = sorted(set(truth.values()))
-    expected = np.zeros((len(sizes), len(sizes)), dtype=int)
+    labels = sorted(set(sizes) | {int(x) for x in np.round(p)})  # true or predicted, as rounded
+    expected = np.zeros((len(labels), len(labels)), dtype=int)
     for pred, size in zip(p, t):
-        expected[sizes.index(size), int(np.argmin([abs(pred - s) for s in sizes]))] += 1
-    assert entry.metrics["confusion_matrix"] == {"labels": sizes, "matrix": expected.tolist()}
+        expected[labels.index(size), labels.index(int(np.round(pred)))] += 1
+    assert entry.metrics["confusion_matrix"] == {"labels": labels, "matrix": expected.tolist()}
     assert {int(k) for k in entry.metrics["per_size"]} == set(sizes)
     assert (entry.n_models, entry.config, entry.split, entry.method) == (len(truth), CONFIG, "test", "noisy")
     assert (result.rank, result.total) == (1, 1)

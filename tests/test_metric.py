@@ -50,9 +50,23 @@ def test_per_size_breakdown_and_confusion_matrix(metric):
                             per_size=True, confusion_matrix=True)
     assert result["per_size"][3] == {"mae": 1.0, "mape": pytest.approx(100 / 3), "accuracy": 0.0, "count": 1}
     assert result["per_size"][6]["accuracy"] == 50.0 and result["per_size"][6]["count"] == 2
-    assert result["confusion_matrix"]["labels"] == [1, 2, 3, 6]
-    # rows: true size; columns: predicted size (5 is assigned to the nearest true size, 6)
-    assert result["confusion_matrix"]["matrix"] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 2]]
+    assert result["confusion_matrix"]["labels"] == [1, 2, 3, 5, 6]  # true or predicted
+    # rows: true size; columns: predicted size (5 is no true size: its own column, and a zero row)
+    assert result["confusion_matrix"]["matrix"] == [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 1, 0, 0, 0],
+                                                    [0, 0, 0, 0, 0], [0, 0, 0, 1, 1]]
+
+
+def test_confusion_matrix_equals_scikit_learn_and_its_diagonal_is_the_accuracy():
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(0)
+    references = rng.choice([1, 10, 20, 30, 40, 50], size=200)
+    predictions = np.clip(references + rng.normal(0, 4, size=200), 0.5, None)  # a regressor
+    result = compute_metrics(predictions, references, confusion_matrix=True)
+    labels, matrix = result["confusion_matrix"]["labels"], np.array(result["confusion_matrix"]["matrix"])
+    assert np.array_equal(matrix, confusion_matrix(references, np.round(predictions), labels=labels))
+    assert 100 * np.trace(matrix) / len(references) == pytest.approx(result["accuracy"])
+    assert matrix.sum() == len(references)
 
 
 def test_continuous_predictions_count_when_they_round_to_the_size():

@@ -10,8 +10,8 @@ imports it from the installed package.  The numbers are the paper's (Salama et a
   rounds to the true integer size).
 
 On request, ``per_size=True`` adds the three numbers for each true size and
-``confusion_matrix=True`` adds the confusion matrix over the true sizes (predictions are
-assigned to the nearest true size).
+``confusion_matrix=True`` adds the confusion matrix over the sizes that are true or
+predicted (predictions rounded as accuracy reads them, so the diagonal holds the hits).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ Args:
     references (`list` of `int`): true dataset sizes, positive.
     per_size (`bool`, default False): also return `per_size`, the metrics for each true size.
     confusion_matrix (`bool`, default False): also return `confusion_matrix`, a dict with
-        `labels` (the sorted true sizes) and `matrix` (rows: true size, columns: predicted
-        size snapped to the nearest label).
+        `labels` (the sorted sizes that are true or predicted, predictions rounded) and
+        `matrix` (rows: true size, columns: predicted size).
 Returns:
     mae (`float`): mean absolute error, in images. Lower is better.
     mape (`float`): mean absolute percentage error, in percent of the true size. Lower is better.

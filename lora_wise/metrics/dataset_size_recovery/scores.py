@@ -59,18 +59,21 @@ def compute_metrics(predictions, references, per_size: bool = False, confusion_m
     references = _as_array(references, "references")
     _check(predictions, references)
     result = _summary(predictions, references)
-    labels = np.unique(references)
+    sizes = np.unique(references)
     if per_size:
         result["per_size"] = {
             int(size) if float(size).is_integer() else float(size):
                 dict(_summary(predictions[references == size], references[references == size]),
                      count=int((references == size).sum()))
-            for size in labels
+            for size in sizes
         }
     if confusion_matrix:
-        snapped = labels[np.argmin(np.abs(predictions[:, None] - labels[None, :]), axis=1)]
+        # As scikit-learn's: one row and column per size that is true or predicted (a prediction
+        # read as the integer it rounds to, as accuracy reads it), so the diagonal is the hits.
+        predicted = np.round(predictions)
+        labels = np.union1d(sizes, predicted)
         matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
-        np.add.at(matrix, (np.searchsorted(labels, references), np.searchsorted(labels, snapped)), 1)
+        np.add.at(matrix, (np.searchsorted(labels, references), np.searchsorted(labels, predicted)), 1)
         result["confusion_matrix"] = {"labels": [int(x) if float(x).is_integer() else float(x) for x in labels],
                                       "matrix": matrix.tolist()}
     return result
