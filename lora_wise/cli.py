@@ -2,7 +2,7 @@
 
 Each pipeline stage registers its own sub-commands (``builder.cli``,
 ``leaderboard.cli``, ``lora_wise.interop``, ``lora_wise.demo``); this module holds
-the library's own (``configs``, ``features``, ``baseline``) and the error
+the library's own (``configs``, ``baseline``) and the error
 handling every command shares: a user error prints one ``error:`` line that
 says what to do and exits with status 2, never a traceback (set
 ``LORA_WISE_DEBUG=1`` to see one).
