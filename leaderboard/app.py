@@ -11,9 +11,13 @@ Configured by environment variables, as a Space is:
 * ``LORA_WISE_DATASET``: the dataset whose test splits are the references
   (a folder or a Hub repo id; default ``lora-wise``);
 * ``LORA_WISE_LEADERBOARD_REPO``: keep results in this Hub dataset repo (a public Space);
-* ``LORA_WISE_LEADERBOARD_DB``: otherwise, the SQLite file (default under the cache dir).
+* ``LORA_WISE_LEADERBOARD_DB``: otherwise, the SQLite file (default under the cache dir);
+* ``LORA_WISE_SEED_BASELINES=1``: when the app is built, add the two reference baselines of
+  each config of the dataset that has no reference entry in the store (a fresh Space; failures
+  are logged and the app starts anyway).
 
-``python -m leaderboard.app`` (or ``lora-wise leaderboard serve``) starts it locally.
+``python -m leaderboard.app`` (or ``lora-wise leaderboard serve``) starts it locally;
+``lora-wise leaderboard deploy`` (``space.py``) assembles and uploads it as a Space.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from lora_wise.configs import CONFIGS, get_config
 
 # Absolute imports: a Space runs this file as a script (`python app.py`), not as part of the package.
+from leaderboard.baselines import seed_baselines, seeding_requested
 from leaderboard.entries import Entry, board_rows, rank_entries
 from leaderboard.references import DEFAULT_SPLIT, available_configs, default_dataset
 from leaderboard.store import Store, open_store
@@ -151,11 +156,17 @@ CSS = """
 
 def build_app(store: Store | None = None, dataset: str | os.PathLike | None = None,
               configs: list[str] | None = None, split: str = DEFAULT_SPLIT):
-    """The Gradio ``Blocks`` of the leaderboard (not launched)."""
+    """The Gradio ``Blocks`` of the leaderboard (not launched).
+
+    With ``$LORA_WISE_SEED_BASELINES=1`` the reference baselines of configs that have none are
+    added to the store first (``baselines.seed_baselines``).
+    """
     import gradio as gr
 
     view = LeaderboardView(store if store is not None else open_store(),
                            str(dataset) if dataset else default_dataset(), split)
+    if seeding_requested():
+        seed_baselines(view.dataset, view.store)
     tab_configs = list(configs) if configs else view.configs()
     submittable = view.submittable_configs()
 
@@ -230,6 +241,12 @@ def launch(demo=None, host: str = "127.0.0.1", port: int | None = None, **kwargs
                        footer_links=["api", "gradio"], **kwargs)
 
 
+def launch_from_environment(demo=None):
+    """Launch as a Space does: on ``$GRADIO_SERVER_NAME`` (default 0.0.0.0), ``$GRADIO_SERVER_PORT`` (7860)."""
+    return launch(demo, host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+                  port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+
+
 def __getattr__(name: str):
     if name == "demo":  # `gradio app.py` and Spaces look for a module-level `demo`
         return build_app()
@@ -237,6 +254,4 @@ def __getattr__(name: str):
 
 
 if __name__ == "__main__":
-    demo = build_app()
-    launch(demo, host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
-           port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    launch_from_environment(build_app())

@@ -5,10 +5,15 @@ the standard split and predict its test models (``lora_wise.protocol.run_protoco
 standard protocol); their predictions go through ``submit`` like anyone's, marked as
 reference entries.  Adding them again with identical predictions is a no-op, so the
 command can run after every rebuild.
+
+``seed_baselines`` is what a fresh Space runs when it starts (``$LORA_WISE_SEED_BASELINES=1``,
+set by ``lora-wise leaderboard deploy``): it adds them for each config of the dataset that
+has no reference entry yet, and logs -- never raises -- what fails.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 from .entries import predictions_sha256
@@ -21,6 +26,10 @@ from .scoring import SubmitResult, submit
 REFERENCE_METHODS = {"dsire": "DSiRe (reference)", "frobenius-nn": "Frobenius-NN (reference)"}
 REFERENCE_AUTHORS = "Salama, Kahana, Horwitz, Hoshen (2024)"
 REFERENCE_LINK = "https://arxiv.org/abs/2406.19395"
+#: ``1``: the app adds the reference baselines of configs that have none when it starts.
+SEED_ENV = "LORA_WISE_SEED_BASELINES"
+
+log = logging.getLogger(__name__)
 
 
 def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] | None = None,
@@ -60,4 +69,40 @@ def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] |
             added.append(submit(ParsedSubmission(predictions=predictions), method=method, config=config,
                                 split="test", authors=REFERENCE_AUTHORS, link=REFERENCE_LINK, store=store,
                                 reference=True, references=references))
+    return added
+
+
+def seeding_requested() -> bool:
+    """Whether ``$LORA_WISE_SEED_BASELINES`` is ``1`` (a deployed Space sets it)."""
+    return os.environ.get(SEED_ENV, "").strip() == "1"
+
+
+def seed_baselines(dataset: str | os.PathLike | None = None, store: Store | None = None) -> list[SubmitResult]:
+    """Add the reference baselines of every config of ``dataset`` with no reference entry in ``store``.
+
+    Meant for an app starting on an empty results store: each config is tried on its own, and
+    a failure (the dataset unreachable, a store that cannot be written) is logged as a warning
+    and skipped, never raised.  Returns the entries added.
+    """
+    where = str(dataset) if dataset else default_dataset()
+    added: list[SubmitResult] = []
+    try:
+        store = store if store is not None else open_store()
+        configs = available_configs(where)
+        if not configs:
+            log.warning("seeding the reference baselines: no configs found in the dataset %r", where)
+        missing = [c for c in configs if not any(e.reference for e in store.entries(c, "test"))]
+    except Exception as exc:  # noqa: BLE001 - the app must start anyway
+        log.warning("seeding the reference baselines: cannot read the dataset %r or the store (%s: %s)",
+                    where, type(exc).__name__, exc)
+        return added
+    for config in missing:
+        try:
+            found = add_baselines(where, configs=[config], store=store)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("seeding the reference baselines of %s from %r failed (%s: %s); run `lora-wise "
+                        "leaderboard add-baselines` by hand", config, where, type(exc).__name__, exc)
+            continue
+        log.info("seeded %d reference entries of %s from %r", len(found), config, where)
+        added += found
     return added
