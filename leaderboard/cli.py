@@ -1,8 +1,8 @@
-"""``lora-wise submit`` and ``lora-wise leaderboard {show,serve,add-baselines}``.
+"""``lora-wise submit`` and ``lora-wise leaderboard {show,serve,add-baselines,deploy}``.
 
 Argument parsing and printing only; every handler calls one library function
 (``scoring.submit``, ``store.open_store().entries``, ``app.launch``,
-``baselines.add_baselines``).  Errors surface as ``SubmissionError`` /
+``baselines.add_baselines``, ``space.deploy_space``).  Errors surface as ``SubmissionError`` /
 ``StoreError`` (a ``ValueError`` / ``RuntimeError``), which ``lora_wise.cli`` prints
 as one ``error:`` line with exit status 2.
 """
@@ -13,6 +13,7 @@ import json
 
 from lora_wise.cli import add_command
 
+from .baselines import SEED_ENV
 from .references import DATASET_ENV, DEFAULT_DATASET
 from .store import DB_ENV, REPO_ENV
 from .submission import MAX_BYTES, MAX_ROWS
@@ -23,6 +24,16 @@ one config with the dataset_size_recovery metric, store it on the leaderboard an
 print its rank. The file is CSV with a header `model_id,prediction` (or JSON Lines
 with those fields), one row for every model of the split. Nothing is stored when
 anything is wrong. Limits: {MAX_BYTES // 2**20} MB, {MAX_ROWS:,} rows."""
+
+DEPLOY_DESCRIPTION = f"""\
+Write a self-contained Gradio Space (app.py; a README.md card for the gradio installed
+here; requirements.txt pinned to the versions installed here; copies of the lora_wise
+and leaderboard packages), create the Space repo if needed, set its variables
+${DATASET_ENV}, ${REPO_ENV} and ${SEED_ENV}=1
+(the Space adds the reference baselines of configs that have none when it starts) and
+upload the folder with huggingface_hub. The token comes from HF_TOKEN or `hf auth login`
+and is never printed; the Space needs its own HF_TOKEN secret that can write to the
+results repo."""
 
 
 def _add_store_options(p) -> None:
@@ -54,7 +65,7 @@ def register(commands) -> None:
     p.add_argument("--json", action="store_true", help="print the stored entry's metrics as JSON")
     p.set_defaults(func=_cmd_submit)
 
-    board = add_command(commands, "leaderboard", "show, serve or seed the leaderboard")
+    board = add_command(commands, "leaderboard", "show, serve, seed or deploy the leaderboard")
     sub = board.add_subparsers(dest="leaderboard_command", metavar="ACTION", title="actions", required=True)
 
     p = add_command(sub, "show", "print the ranked entries of each config (or one)")
@@ -80,6 +91,20 @@ def register(commands) -> None:
                    help=("only these configs (default: every config of DATASET)"))
     _add_store_options(p)
     p.set_defaults(func=_cmd_add_baselines)
+
+    p = add_command(sub, "deploy", "assemble the leaderboard as a Gradio Space and upload it to the Hub",
+                    DEPLOY_DESCRIPTION)
+    p.add_argument("space_id", metavar="SPACE_ID", help="Space repo, <user or org>/<name>")
+    p.add_argument("--dataset", required=True, metavar="REPO",
+                   help="Hub dataset repo holding the benchmark (the references), e.g. `lora-wise push` output")
+    p.add_argument("--results-repo", required=True, metavar="REPO",
+                   help="Hub dataset repo that keeps the entries (created on the first one)")
+    p.add_argument("--private", action="store_true", help="create the Space private")
+    p.add_argument("--dry-run", action="store_true", help="assemble and list what would be uploaded; touch "
+                                                          "no network")
+    p.add_argument("--out", metavar="DIR", help="assemble the Space in DIR and keep it (default: a temporary "
+                                                "folder, removed afterwards)")
+    p.set_defaults(func=_cmd_deploy)
 
 
 def _store(args):
@@ -137,4 +162,13 @@ def _cmd_add_baselines(args) -> int:
     for result in added:
         print(result.format(), end="\n\n")
     print(f"added {len(added)} reference entries" + ("" if added else " (all were already stored)"))
+    return 0
+
+
+def _cmd_deploy(args) -> int:
+    from .space import deploy_space
+
+    result = deploy_space(args.space_id, dataset=args.dataset, results_repo=args.results_repo,
+                          private=args.private, dry_run=args.dry_run, out_dir=args.out)
+    print(result.format())
     return 0
