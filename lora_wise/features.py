@@ -13,12 +13,13 @@ and the orthonormal factors do not change singular values, so
 How, cheaply: the float64 Gram matrices ``A A^T`` and ``B^T B`` of all layers of
 one shape come from one batched GEMM each, and their Cholesky factors are the R
 factors (Cholesky QR: ``A A^T = L_A L_A^T``, ``R_A = L_A^T``; likewise ``R_B = L_B^T``).
-The singular values of A, B and BA are then those of three r x r matrices per
-layer, ``L_A``, ``L_B`` and ``L_B^T L_A``, solved in one batched LAPACK call.  For
-float32 input this is exact to float64 round-off, far below float32 resolution.
-Where A or B is rank deficient or badly conditioned, Cholesky cannot give its R
-factor accurately and the layer takes Householder QR of ``B`` and ``A^T`` and the
-SVD of the core instead, exact for any input (all-zero factors included).
+The singular values of A and B are the square roots of the Grams' eigenvalues, and
+those of BA the singular values of the r x r core ``L_B^T L_A``, each kind solved in
+one batched LAPACK call.  For float32 input this is exact to float64 round-off, far
+below float32 resolution.  Where A or B is rank deficient or conditioned worse than
+``MAX_CHOLESKY_CONDITION`` (Cholesky QR squares the condition number), the layer takes
+Householder QR of ``B`` and ``A^T`` and the SVD of the core instead, exact for any
+input (all-zero factors included).
 
 :class:`FeatureTable` holds the features of a whole dataset; it is filled one
 model at a time, so memory does not grow with the size of the LoRAs read.
@@ -179,9 +180,9 @@ class SpectralExtractor:
                 cores[r].append((index, stacks))
         for r, parts in cores.items():
             index = [i for part_index, _ in parts for i in part_index]
-            stacked = np.concatenate([stack for _, stack in parts], axis=1).reshape(-1, r, r)  # (3n, r, r)
-            pieces = self._map(_singular_values, np.array_split(stacked, min(self.workers, len(stacked))))
-            values = np.concatenate(pieces).reshape(3, len(index), r)
+            stacked = np.concatenate([stack for _, stack in parts], axis=1)  # (3, n, r, r)
+            pieces = self._map(_spectra, np.array_split(stacked, min(self.workers, len(index)), axis=1))
+            values = np.concatenate(pieces, axis=1)  # (3, n, r)
             self._store(sv, index, dict(zip(MATRICES, values)))
             # Cholesky QR squares a factor's condition number: where A or B is ill-conditioned
             # its small singular values (and BA's) are redone by Householder QR.
@@ -200,13 +201,13 @@ class SpectralExtractor:
             sv[m][index, : values[m].shape[1]] = values[m]
 
     def _cores(self, layers: list, r: int, d: int, k: int):
-        """(3, n, r, r) matrices with the singular values of A, B and BA (None where a Gram
-        matrix is numerically singular, so Cholesky fails), and the float64 factors.
+        """(3, n, r, r): the Grams ``A A^T`` and ``B^T B`` and the core of BA (None where a
+        Gram is numerically singular, so Cholesky fails), and the float64 factors.
 
         Cholesky QR: with ``A A^T = L_A L_A^T`` and ``B^T B = L_B L_B^T``, ``R_A = L_A^T`` is
-        the R factor of ``A^T`` and ``R_B = L_B^T`` that of ``B``, so sv(A) = sv(L_A),
-        sv(B) = sv(L_B) and sv(BA) = sv(R_B R_A^T) = sv(L_B^T L_A): r x r matrices only.
-        Their SVD (not the eigenvalues of a Gram of the core) keeps BA's conditioning unsquared.
+        the R factor of ``A^T`` and ``R_B = L_B^T`` that of ``B``, so sv(BA) = sv(R_B R_A^T)
+        = sv(L_B^T L_A), an r x r matrix.  The core's SVD (not the eigenvalues of its Gram)
+        keeps BA's conditioning unsquared; see :func:`_spectra`.
         """
         n = len(layers)
         a64 = self._buffer((n, r, k))
@@ -222,7 +223,7 @@ class SpectralExtractor:
         except np.linalg.LinAlgError:  # a factor is numerically rank deficient
             return None, a64, b64
         core = np.matmul(lower_b.transpose(0, 2, 1), lower_a)
-        return np.stack([lower_a, lower_b, core]), a64, b64
+        return np.stack([gram_a, gram_b, core]), a64, b64
 
 
 #: Largest condition number of A or B taken by Cholesky QR: its relative error in the smallest
@@ -235,8 +236,14 @@ def _well_conditioned(values: np.ndarray) -> np.ndarray:
     return values[:, -1] * MAX_CHOLESKY_CONDITION > values[:, 0]
 
 
-def _singular_values(matrices: np.ndarray) -> np.ndarray:
-    return np.linalg.svd(matrices, compute_uv=False)
+def _spectra(stack: np.ndarray) -> np.ndarray:
+    """(3, m, r) descending singular values of A, B and BA from :meth:`SpectralExtractor._cores`.
+
+    A's and B's from the eigenvalues of their Grams (as accurate as their Cholesky factors,
+    and faster than an SVD); BA's from the SVD of its core.
+    """
+    grams = np.linalg.eigvalsh(stack[:2])[..., ::-1]
+    return np.concatenate([np.sqrt(np.clip(grams, 0.0, None)), np.linalg.svd(stack[2:], compute_uv=False)])
 
 
 def _householder(layers: list, a64: np.ndarray | None = None, b64: np.ndarray | None = None) -> dict:
