@@ -1,55 +1,17 @@
-"""``lora-wise push`` with ``huggingface_hub.HfApi`` replaced at the network boundary.
-
-The replacement records calls and checks what an upload would send (the files
-under ``folder_path`` that the patterns select), so the tests see exactly what
-the Hub would receive; nothing else is faked.
-"""
+"""``lora-wise push`` with ``huggingface_hub.HfApi`` replaced at the network boundary
+(``fake_hub.RecordingHfApi``: the calls and the exact bytes an upload would send)."""
 
 from __future__ import annotations
 
-import fnmatch
 import shutil
-from pathlib import Path
 
 import pytest
 
+from fake_hub import SECRET, RecordingHfApi, install
 from builder.push import PushError, push
 from builder.write import BUILD_DIR
 from lora_wise.cli import main
 
-SECRET = "hf_lorawiseTestTokenDoNotPrint0123456789"
-
-
-class RecordingHfApi:
-    """Stands in for HfApi: records create_repo/upload_folder and what each upload would send."""
-
-    instances: list["RecordingHfApi"] = []
-
-    def __init__(self, *args, **kwargs):
-        self.calls: list[tuple[str, dict]] = []
-        self.sent: dict[str, bytes] = {}
-        RecordingHfApi.instances.append(self)
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-        return f"https://huggingface.co/datasets/{repo_id}"
-
-    def upload_folder(self, *, repo_id, folder_path, path_in_repo=None, allow_patterns=None, ignore_patterns=None,
-                      delete_patterns=None, **kwargs):
-        self.calls.append(("upload_folder", {"repo_id": repo_id, "path_in_repo": path_in_repo,
-                                             "allow_patterns": allow_patterns, "delete_patterns": delete_patterns,
-                                             **kwargs}))
-        root = Path(folder_path)
-        for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root).as_posix()
-            if not path.is_file():
-                continue
-            if allow_patterns and not any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
-                continue
-            if ignore_patterns and any(fnmatch.fnmatch(rel, p) for p in ignore_patterns):
-                continue
-            self.sent[f"{path_in_repo}/{rel}" if path_in_repo else rel] = path.read_bytes()
-        return "commit"
 
 
 @pytest.fixture
@@ -64,12 +26,7 @@ def folder(synthetic_benchmark, tmp_path):
 
 @pytest.fixture
 def fake_hub(monkeypatch):
-    import huggingface_hub
-
-    RecordingHfApi.instances = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
-    monkeypatch.setenv("HF_TOKEN", SECRET)
-    return RecordingHfApi
+    return install(monkeypatch)
 
 
 def test_push_creates_the_repo_and_uploads_card_and_shards(folder, fake_hub, capsys):

@@ -8,7 +8,6 @@ replaced at the network boundary by a recorder that checks what an upload would 
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -20,12 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fake_hub import SECRET, install
 from leaderboard.baselines import REFERENCE_METHODS, SEED_ENV, seed_baselines
 from leaderboard.space import SpaceError, assemble_space, deploy_space, space_requirements
 from leaderboard.store import SQLiteStore, StoreError
 from lora_wise.cli import main
 
-SECRET = "hf_lorawiseTestTokenDoNotPrint0123456789"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,51 +117,9 @@ def test_space_app_imports_its_own_copies_and_builds_without_launching(how, spac
     assert found["modules"] == []  # torch and the builder are not needed on the Space
 
 
-class RecordingHfApi:
-    """Stands in for HfApi: records every call and what each upload would send."""
-
-    instances: list["RecordingHfApi"] = []
-
-    def __init__(self, *args, **kwargs):
-        self.calls: list[tuple[str, dict]] = []
-        self.sent: dict[str, bytes] = {}
-        self.variables: dict[str, str] = {}
-        RecordingHfApi.instances.append(self)
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-        return f"https://huggingface.co/spaces/{repo_id}"
-
-    def add_space_variable(self, repo_id, key, value, **kwargs):
-        self.calls.append(("add_space_variable", {"repo_id": repo_id, "key": key, "value": value, **kwargs}))
-        self.variables[key] = value
-        return {}
-
-    def upload_folder(self, *, repo_id, folder_path, path_in_repo=None, allow_patterns=None, ignore_patterns=None,
-                      **kwargs):
-        self.calls.append(("upload_folder", {"repo_id": repo_id, "path_in_repo": path_in_repo,
-                                             "ignore_patterns": ignore_patterns, **kwargs}))
-        root = Path(folder_path)
-        for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root).as_posix()
-            if not path.is_file():
-                continue
-            if allow_patterns and not any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
-                continue
-            if ignore_patterns and any(fnmatch.fnmatch(rel, p) for p in ignore_patterns):
-                continue
-            self.sent[f"{path_in_repo}/{rel}" if path_in_repo else rel] = path.read_bytes()
-        return "commit"
-
-
 @pytest.fixture
 def fake_hub(monkeypatch):
-    import huggingface_hub
-
-    RecordingHfApi.instances = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
-    monkeypatch.setenv("HF_TOKEN", SECRET)
-    return RecordingHfApi
+    return install(monkeypatch)
 
 
 def test_deploy_creates_the_space_sets_its_variables_and_uploads_the_folder(fake_hub, tmp_path, capsys):
