@@ -92,14 +92,14 @@ def paper_row_key(method: str, params: dict, config: BenchmarkConfig,
                   step: int | None) -> tuple[str, str] | None:
     """``(method, variant)`` of the paper's row for a baseline run with ``params`` at ``step``.
 
-    None for an experiment the paper never ran: other k or normalisation, or two options
+    None for an experiment the paper never ran: mixed steps, other k or normalisation, or two options
     varied at once.  Table 8 varies the step; Table 5 the vote and the classifier; Table 9
     the matrices (given in any order).
     """
-    if params.get("k", 1) != 1 or params.get("normalize", "global") != "global":
-        return None
+    if step is None or params.get("k", 1) != 1 or params.get("normalize", "global") != "global":
+        return None  # models of mixed steps, or an option the paper never varied
     variants = []
-    if step is None or step != config.checkpoint_step:
+    if step != config.checkpoint_step:
         variants.append(f"steps={step}")
     matrices = set(parse_matrices(params.get("matrices", "all")))
     if matrices != set(MATRICES):
