@@ -49,7 +49,8 @@ def _rows(out, split=None):
 
     import datasets
 
-    ds = datasets.load_dataset(str(out), TEST_CONFIG, cache_dir=tempfile.mkdtemp(prefix="lw-ds-"))
+    with tempfile.TemporaryDirectory(prefix="lw-ds-") as cache:
+        ds = datasets.load_dataset(str(out), TEST_CONFIG, cache_dir=cache, keep_in_memory=True)
     return ds if split is None else ds[split]
 
 
