@@ -36,9 +36,9 @@ def main() -> None:
 
     import torch.nn.functional as F
 
-    from builder.backbones import miniature_backbone
-    from builder.micro_datasets import SyntheticSource, load_pixels
-    from builder.train import (ADAM_BETAS, ADAM_EPSILON, ADAM_WEIGHT_DECAY, MAX_GRAD_NORM, ImageOrder, TrainingJob,
+    from lora_wise.builder.backbones import miniature_backbone
+    from lora_wise.builder.micro_datasets import SyntheticSource, load_pixels
+    from lora_wise.builder.train import (ADAM_BETAS, ADAM_EPSILON, ADAM_WEIGHT_DECAY, MAX_GRAD_NORM, ImageOrder, TrainingJob,
                                draw_step, init_lora_weights, lora_config, lora_modules, lora_safetensors,
                                load_backbone, remove_lora_adapter, train_lora)
     from lora_wise.configs import get_config

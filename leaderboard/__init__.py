@@ -40,7 +40,7 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'leaderboard' has no attribute {name!r}")
+    raise AttributeError(f"module 'lora_wise.leaderboard' has no attribute {name!r}")
 
 
 __all__ = sorted(_LAZY)

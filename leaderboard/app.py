@@ -16,7 +16,7 @@ Configured by environment variables, as a Space is:
   each config of the dataset that has no reference entry in the store (a fresh Space; failures
   are logged and the app starts anyway).
 
-``python -m leaderboard.app`` (or ``lora-wise leaderboard serve``) starts it locally;
+``python -m lora_wise.leaderboard.app`` (or ``lora-wise leaderboard serve``) starts it locally;
 ``lora-wise leaderboard deploy`` (``space.py``) assembles and uploads it as a Space.
 """
 
@@ -28,13 +28,12 @@ from pathlib import Path
 
 from lora_wise.configs import CONFIGS, get_config
 
-# Absolute imports: a Space runs this file as a script (`python app.py`), not as part of the package.
-from leaderboard.baselines import seed_baselines, seeding_requested
-from leaderboard.entries import Entry, board_rows, rank_entries
-from leaderboard.references import DEFAULT_SPLIT, available_configs, default_dataset
-from leaderboard.store import Store, open_store
-from leaderboard.submission import MAX_BYTES, MAX_ROWS, SubmissionError
-from leaderboard.scoring import submit
+from .baselines import seed_baselines, seeding_requested
+from .entries import Entry, board_rows, rank_entries
+from .references import DEFAULT_SPLIT, available_configs, default_dataset
+from .scoring import submit
+from .store import Store, open_store
+from .submission import MAX_BYTES, MAX_ROWS, SubmissionError
 
 TITLE = "LoRA-WiSE leaderboard"
 INTRO = """\
@@ -100,7 +99,7 @@ class LeaderboardView:
         return [(f"#{i} {e.method} ({e.short_id})", e.id) for i, e in enumerate(rank_entries(entries), start=1)]
 
     def confusion_figure(self, config: str, entry_id: str | None, entries: list[Entry] | None = None):
-        from leaderboard.figures import plot_confusion_matrix
+        from .figures import plot_confusion_matrix
 
         entries = self.entries(config) if entries is None else entries
         chosen = next((e for e in entries if e.id == entry_id), None)
@@ -114,7 +113,7 @@ class LeaderboardView:
                                      title=f"{chosen.method} on {config} ({chosen.short_id})")
 
     def overview_figure(self):
-        from leaderboard.figures import plot_metrics_by_method
+        from .figures import plot_metrics_by_method
 
         return plot_metrics_by_method(self.entries(), title=f"Best entry per method ({self.split} split)")
 

@@ -8,8 +8,9 @@
                        and launches it when run as ``python app.py`` (as a Space runs it)
     requirements.txt   lora-wise's core dependencies and its ``leaderboard`` extra, read from the
                        installed package metadata and pinned to the versions installed here
-    lora_wise/         copies of the installed packages the app imports; no ``builder``
-    leaderboard/       (torch, diffusers and PEFT are not on the app's import chain)
+    lora_wise/         a copy of the installed package as far as the app imports it: the library
+                       and ``lora_wise/leaderboard/``; not the builder (torch, diffusers and PEFT
+                       are not on the app's import chain)
 
 ``deploy_space`` creates the Space repo if needed, sets its variables
 (``LORA_WISE_DATASET``, ``LORA_WISE_LEADERBOARD_REPO``, ``LORA_WISE_SEED_BASELINES=1`` so a
@@ -38,8 +39,9 @@ from .store import REPO_ENV
 #: The distribution whose metadata lists the Space's requirements, and the extra it needs.
 DISTRIBUTION = "lora-wise"
 EXTRA = "leaderboard"
-#: Packages copied into the Space: everything ``leaderboard.app`` imports from this project.
-PACKAGES = ("lora_wise", "leaderboard")
+#: The package copied into the Space, and the parts of it the app never imports (left out).
+PACKAGE = "lora_wise"
+LEFT_OUT = ("builder",)
 SPACE_FILES = ("README.md", "app.py", "requirements.txt")
 #: Never copied nor uploaded (bytecode of a run of the assembled folder).
 IGNORE_PATTERNS = ["*.pyc", "*__pycache__*"]
@@ -68,11 +70,11 @@ LORA_WISE_SEED_BASELINES, and an HF_TOKEN secret that can write to the results r
 import os
 import sys
 
-# The copies of lora_wise and leaderboard beside this file win over any installed ones.
+# The copy of lora_wise beside this file wins over any installed one.
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from leaderboard.app import build_app, launch_from_environment  # noqa: E402
+from lora_wise.leaderboard.app import build_app, launch_from_environment  # noqa: E402
 
 demo = build_app()
 
@@ -99,7 +101,7 @@ lora-wise submit predictions.csv --config CONFIG --method "My method" \\
 ```
 
 This Space was written by `lora-wise leaderboard deploy` from lora-wise {version}: `app.py`
-runs the copies of its `lora_wise` and `leaderboard` packages beside it, with the
+runs the copy of the `lora_wise` package beside it (the library and its leaderboard), with the
 dependencies of `requirements.txt`. Its variables: `{dataset_env}` (the benchmark),
 `{repo_env}` (the results repo) and `{seed_env}=1` (when the app
 starts, add the reference baselines of any config that has none); its `HF_TOKEN` secret
@@ -214,6 +216,27 @@ def _ignored(rel: str) -> bool:
     return any(fnmatch.fnmatch(rel, pattern) for pattern in IGNORE_PATTERNS)
 
 
+def _copy_package(target: Path) -> None:
+    """``target``: the installed ``lora_wise`` less :data:`LEFT_OUT`, with its leaderboard as ``leaderboard/``.
+
+    The leaderboard is copied from where it is installed (``lora_wise/leaderboard/`` of a wheel,
+    ``leaderboard/`` of a checkout installed in editable mode), so both give the same folder.
+    """
+    library = _package_dir(PACKAGE)
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if _ignored(n)}
+        if Path(folder) == library:
+            skipped |= set(names) & {*LEFT_OUT, "leaderboard"}
+        return skipped
+
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(library, target, ignore=ignore)
+    shutil.copytree(_package_dir(f"{PACKAGE}.leaderboard"), target / "leaderboard",
+                    ignore=shutil.ignore_patterns(*IGNORE_PATTERNS))
+
+
 def space_files(folder: str | os.PathLike) -> list[str]:
     """The files of an assembled folder that an upload sends, as repo paths, sorted."""
     root = Path(folder)
@@ -228,18 +251,14 @@ def assemble_space(out_dir: str | os.PathLike, dataset: str, results_repo: str) 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SpaceError(f"{out} is a file; give a folder to assemble the Space in")
-    ours = set(SPACE_FILES) | set(PACKAGES) | {"__pycache__"}  # bytecode of an `import app`
+    ours = set(SPACE_FILES) | {PACKAGE, "__pycache__"}  # bytecode of an `import app`
     others = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
     if others:
         raise SpaceError(f"{out} holds files that are not a leaderboard Space ({', '.join(others[:5])}); "
                          f"give a new or empty folder (everything in it is uploaded)")
     requirements = space_requirements()  # before writing anything: an error leaves the folder as it was
     out.mkdir(parents=True, exist_ok=True)
-    for name in PACKAGES:
-        target = out / name
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(_package_dir(name), target, ignore=shutil.ignore_patterns(*IGNORE_PATTERNS))
+    _copy_package(out / PACKAGE)
     (out / "app.py").write_text(APP_PY, encoding="utf-8")
     (out / "requirements.txt").write_text(
         f"# The leaderboard Space's dependencies: {DISTRIBUTION}'s core requirements and its `{EXTRA}` extra,\n"
@@ -286,7 +305,7 @@ def deploy_space(space_id: str, dataset: str, results_repo: str, private: bool =
             for key, value in variables.items():
                 api.add_space_variable(space_id, key, value)
             api.upload_folder(repo_id=space_id, repo_type="space", folder_path=folder,
-                              ignore_patterns=IGNORE_PATTERNS, delete_patterns=[f"{p}/*" for p in PACKAGES],
+                              ignore_patterns=IGNORE_PATTERNS, delete_patterns=[f"{PACKAGE}/*"],
                               commit_message="LoRA-WiSE leaderboard: deploy")
         except Exception as exc:  # noqa: BLE001 - the Hub's errors, re-raised with what to do
             name = type(exc).__name__

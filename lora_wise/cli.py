@@ -21,9 +21,9 @@ from . import __version__
 #: Modules with a ``register(subparsers)`` function, in the order of ``--help``.
 COMMAND_MODULES = (
     "lora_wise.cli",
-    "builder.cli",
+    "lora_wise.builder.cli",
     "lora_wise.interop",
-    "leaderboard.cli",
+    "lora_wise.leaderboard.cli",
     "lora_wise.demo",
 )
 

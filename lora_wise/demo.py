@@ -44,10 +44,10 @@ def run_demo(out: str = "lora-wise", report_dir: str = DEFAULT_REPORT, configs: 
              build_options: dict | None = None, progress: bool = True,
              echo: Callable[[str], None] = print) -> DemoResult:
     """Build, evaluate, register and report; returns where everything went."""
-    from builder.build import BuildOptions, build
-    from leaderboard.baselines import add_baselines
-    from leaderboard.entries import format_board
-    from leaderboard.store import default_db_path, open_store
+    from lora_wise.builder.build import BuildOptions, build
+    from lora_wise.leaderboard.baselines import add_baselines
+    from lora_wise.leaderboard.entries import format_board
+    from lora_wise.leaderboard.store import default_db_path, open_store
 
     from .configs import MINIATURE_CONFIGS
     from .data import feature_table

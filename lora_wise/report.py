@@ -129,7 +129,7 @@ def write_report(analyses: list[ConfigAnalysis], out: str | Path,
     import matplotlib
 
     matplotlib.use("Agg")
-    from leaderboard import figures
+    from lora_wise.leaderboard import figures
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

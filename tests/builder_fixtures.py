@@ -21,7 +21,7 @@ import pytest
 from lora_wise import configs as registry
 from lora_wise.configs import MINI_RECIPE, BenchmarkConfig
 
-from builder.backbones import MiniBackboneSpec, miniature_backbone
+from lora_wise.builder.backbones import MiniBackboneSpec, miniature_backbone
 
 TEST_CONFIG = "mini_builder_test"
 #: Pre-trained briefly (about 20 s on 2 cores) yet enough that LoRA norms fall with dataset size.

@@ -17,10 +17,10 @@ import yaml
 
 from builder_fixtures import TEST_CONFIG, test_cfg, tiny_backbone  # noqa: F401 - fixtures
 
-from builder.build import BuildOptions, build
-from builder.micro_datasets import SyntheticSource, draw_image_ids, load_pixels
-from builder.plan import plan_config
-from builder.write import BUILD_DIR, BuildStateError
+from lora_wise.builder.build import BuildOptions, build
+from lora_wise.builder.micro_datasets import SyntheticSource, draw_image_ids, load_pixels
+from lora_wise.builder.plan import plan_config
+from lora_wise.builder.write import BUILD_DIR, BuildStateError
 from lora_wise.schema import COLUMNS
 from lora_wise.splits import standard_split
 
@@ -37,7 +37,7 @@ def built(test_cfg, tiny_backbone, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def backbone(tiny_backbone):  # noqa: F811
-    from builder.train import load_backbone
+    from lora_wise.builder.train import load_backbone
 
     return load_backbone(str(tiny_backbone), device="cpu")
 
@@ -133,7 +133,7 @@ def test_rows_equal_a_direct_training_run(built, backbone, test_cfg):  # noqa: F
     """
     import torch
 
-    from builder.batched import train_group
+    from lora_wise.builder.batched import train_group
 
     out, _, _ = built
     source = SyntheticSource(32)
@@ -156,7 +156,7 @@ def test_rows_equal_a_direct_training_run(built, backbone, test_cfg):  # noqa: F
 
 
 def test_training_is_deterministic_and_seeded(backbone, test_cfg):  # noqa: F811
-    from builder.train import TrainingJob, train_lora
+    from lora_wise.builder.train import TrainingJob, train_lora
 
     source = SyntheticSource(32)
     latents = backbone.encode_images(load_pixels(source, ["concept-00/0000", "concept-00/0001"], 32))
@@ -172,7 +172,7 @@ def test_rng_protocol_matches_its_documentation(backbone):
     """draw_step and init_lora_weights draw exactly the documented torch calls, in order."""
     import torch
 
-    from builder.train import ImageOrder, draw_step, init_lora_weights, lora_adapter, lora_modules
+    from lora_wise.builder.train import ImageOrder, draw_step, init_lora_weights, lora_adapter, lora_modules
 
     g = torch.Generator().manual_seed(11)
     order = ImageOrder(3)
@@ -200,7 +200,7 @@ def test_rng_protocol_matches_its_documentation(backbone):
 
 def test_v_prediction_backbone_trains_on_velocity(backbone, tiny_backbone, tmp_path, test_cfg):  # noqa: F811
     """SD 2's scheduler says v_prediction; the trainer reads it from the scheduler config."""
-    from builder.train import TrainingJob, load_backbone, train_lora
+    from lora_wise.builder.train import TrainingJob, load_backbone, train_lora
 
     folder = tmp_path / "v-backbone"
     shutil.copytree(tiny_backbone, folder)
@@ -256,7 +256,7 @@ def test_build_from_an_image_folder(tiny_backbone, test_cfg, tmp_path):  # noqa:
     """Folder micro-datasets: names from the sub-folders, image ids are relative paths."""
     from PIL import Image
 
-    from builder.synthetic_images import concept_image
+    from lora_wise.builder.synthetic_images import concept_image
 
     images = tmp_path / "images"
     for c, name in enumerate(["pet_cat7", "plushie_panda", "toy_unicorn", "wearable_shoes2", "zz_extra"]):

@@ -10,8 +10,8 @@ import pytest
 
 from builder_fixtures import TINY_SPEC, tiny_backbone  # noqa: F401 - fixture
 
-from builder import backbones
-from builder.backbones import (INFO_FILE, MiniBackboneSpec, create_miniature_pipeline, miniature_backbone,
+from lora_wise.builder import backbones
+from lora_wise.builder.backbones import (INFO_FILE, MiniBackboneSpec, create_miniature_pipeline, miniature_backbone,
                                resolve_backbone)
 
 
@@ -52,8 +52,8 @@ def test_pretraining_teaches_the_unet_to_denoise():
     """After brief pre-training the noise-prediction error on unseen generic images falls."""
     import torch
 
-    from builder.backbones import encode_text, pretrain_miniature
-    from builder.synthetic_images import generic_batch
+    from lora_wise.builder.backbones import encode_text, pretrain_miniature
+    from lora_wise.builder.synthetic_images import generic_batch
 
     spec = MiniBackboneSpec(seed=1, pretrain_steps=60, vae_steps=40, batch_size=8)
     pipe = create_miniature_pipeline(spec)
@@ -107,7 +107,7 @@ def test_resolve_backbone_sorts_hub_ids_folders_and_the_miniature(tmp_path, tiny
 
 
 def test_unreachable_hub_backbone_is_a_clear_error():
-    from builder.backbones import BackboneError, load_pipeline
+    from lora_wise.builder.backbones import BackboneError, load_pipeline
 
     with pytest.raises(BackboneError, match="Hub repo stable-diffusion-v1-5/stable-diffusion-v1-5.*--backbone"):
         load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")  # HF_HUB_OFFLINE=1 in tests
@@ -118,8 +118,8 @@ def test_lora_norm_falls_with_dataset_size_on_the_pretrained_backbone(tiny_backb
     import lora_wise
     from lora_wise.configs import MINI_RECIPE, get_config
 
-    from builder.micro_datasets import SyntheticSource, draw_image_ids, load_pixels
-    from builder.train import TrainingJob, load_backbone, train_lora
+    from lora_wise.builder.micro_datasets import SyntheticSource, draw_image_ids, load_pixels
+    from lora_wise.builder.train import TrainingJob, load_backbone, train_lora
 
     backbone = load_backbone(str(tiny_backbone), device="cpu")
     source = SyntheticSource(32)

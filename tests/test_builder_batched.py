@@ -22,10 +22,10 @@ import torch
 
 from builder_fixtures import tiny_backbone  # noqa: F401 - fixture
 
-from builder.batched import (BatchedAdamW, BatchedGradScaler, clip_grad_norm_per_model, fit_group_size,
+from lora_wise.builder.batched import (BatchedAdamW, BatchedGradScaler, clip_grad_norm_per_model, fit_group_size,
                              train_group, train_units_batched)
-from builder.micro_datasets import SyntheticSource, load_pixels
-from builder.train import ADAM_BETAS, ADAM_EPSILON, ADAM_WEIGHT_DECAY, TrainingJob, lora_modules, train_lora
+from lora_wise.builder.micro_datasets import SyntheticSource, load_pixels
+from lora_wise.builder.train import ADAM_BETAS, ADAM_EPSILON, ADAM_WEIGHT_DECAY, TrainingJob, lora_modules, train_lora
 from lora_wise import read_lora
 from lora_wise.configs import MINI_RECIPE
 
@@ -39,7 +39,7 @@ SEEDS = (0, 5, 9)
 
 @pytest.fixture(scope="module")
 def backbone(tiny_backbone):  # noqa: F811
-    from builder.train import load_backbone
+    from lora_wise.builder.train import load_backbone
 
     return load_backbone(str(tiny_backbone), device="cpu")
 
@@ -100,7 +100,7 @@ def test_batched_equivalence_with_flips_batches_accumulation_warmup_and_v_predic
     """Every recipe setting the batched trainer supports, at once, on an SD 2-style v-prediction scheduler."""
     import shutil
 
-    from builder.train import load_backbone
+    from lora_wise.builder.train import load_backbone
 
     folder = tmp_path / "v-backbone"
     shutil.copytree(tiny_backbone, folder)
@@ -142,7 +142,7 @@ def test_group_rules_are_checked(backbone):
 
 
 def test_train_units_batched_groups_and_reports_every_model(backbone):
-    from builder.plan import plan_config
+    from lora_wise.builder.plan import plan_config
     from lora_wise.configs import get_config
 
     cfg = get_config("mini_low_r8").with_overrides(max_train_steps=2)
@@ -249,7 +249,7 @@ def test_group_size_fits_free_gpu_memory():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision trains on a CUDA GPU")
 def test_batched_mixed_precision_equals_one_at_a_time_on_a_gpu(tiny_backbone):  # noqa: F811
-    from builder.train import load_backbone
+    from lora_wise.builder.train import load_backbone
 
     gpu = load_backbone(str(tiny_backbone), device="cuda", mixed_precision="fp16")
     recipe = dataclasses.replace(MINI_RECIPE, max_train_steps=6, mixed_precision="fp16")

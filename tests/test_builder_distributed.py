@@ -22,10 +22,10 @@ import pytest
 from builder_fixtures import (REPO_DIR, TEST_CONFIG, TESTS_DIR, run_cli_subprocess, test_cfg,  # noqa: F401
                               tiny_backbone)
 
-from builder.build import BuildOptions, build
-from builder.distributed import parse_shard, shard_groups
-from builder.plan import groups_of, plan_config
-from builder.write import BUILD_DIR, ConfigStore, snapshot_rows
+from lora_wise.builder.build import BuildOptions, build
+from lora_wise.builder.distributed import parse_shard, shard_groups
+from lora_wise.builder.plan import groups_of, plan_config
+from lora_wise.builder.write import BUILD_DIR, ConfigStore, snapshot_rows
 
 GROUP = 4
 
@@ -48,7 +48,7 @@ def test_shard_flag_parses_and_rejects_with_the_fix():
 
 
 def test_groups_are_cut_from_the_plan_and_shards_cover_it_once(test_cfg):  # noqa: F811
-    from builder.micro_datasets import SyntheticSource
+    from lora_wise.builder.micro_datasets import SyntheticSource
 
     planned = plan_config(test_cfg, SyntheticSource(32).micro_datasets(test_cfg))
     groups = groups_of(planned, 5)
@@ -65,8 +65,8 @@ def test_groups_are_cut_from_the_plan_and_shards_cover_it_once(test_cfg):  # noq
 
 def _fake_units(cfg):
     """Every planned unit of ``cfg`` with two snapshots of random bytes of varied sizes (no training)."""
-    from builder.micro_datasets import SyntheticSource
-    from builder.train import Snapshot
+    from lora_wise.builder.micro_datasets import SyntheticSource
+    from lora_wise.builder.train import Snapshot
 
     rng = random.Random(0)
     units = {}

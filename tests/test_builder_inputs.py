@@ -15,11 +15,11 @@ from PIL import Image
 
 from builder_fixtures import TEST_CONFIG, test_cfg  # noqa: F401 - fixture
 
-from builder.build import BuildOptions, build
-from builder.micro_datasets import (FolderSource, HFImageSource, MicroDataset, MicroDatasetError, SyntheticSource,
+from lora_wise.builder.build import BuildOptions, build
+from lora_wise.builder.micro_datasets import (FolderSource, HFImageSource, MicroDataset, MicroDatasetError, SyntheticSource,
                                     draw_image_ids, load_pixels, preprocess)
-from builder.synthetic_images import concept_image, concept_style
-from builder.write import BUILD_DIR
+from lora_wise.builder.synthetic_images import concept_image, concept_style
+from lora_wise.builder.write import BUILD_DIR
 from lora_wise.cli import main
 
 

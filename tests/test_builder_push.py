@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from fake_hub import SECRET, RecordingHfApi, install
-from builder.push import PushError, push
-from builder.write import BUILD_DIR
+from lora_wise.builder.push import PushError, push
+from lora_wise.builder.write import BUILD_DIR
 from lora_wise.cli import main
 
 

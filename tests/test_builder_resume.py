@@ -23,7 +23,7 @@ import pytest
 
 from builder_fixtures import REPO_DIR, TEST_CONFIG, TESTS_DIR, run_cli_subprocess, test_cfg, tiny_backbone  # noqa: F401
 
-from builder.write import BUILD_DIR
+from lora_wise.builder.write import BUILD_DIR
 
 pytestmark = pytest.mark.slow
 

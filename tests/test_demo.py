@@ -18,7 +18,7 @@ def tiny_config():
 
 def test_demo_builds_scores_registers_and_reports_then_reruns_without_duplicates(
         tiny_config, tiny_backbone, tmp_path):  # noqa: F811
-    from leaderboard.store import open_store
+    from lora_wise.leaderboard.store import open_store
     from lora_wise.demo import run_demo
 
     printed: list[str] = []

@@ -14,9 +14,9 @@ import socket
 
 import pytest
 
-from leaderboard.app import LeaderboardView, build_app, launch
-from leaderboard.baselines import REFERENCE_METHODS, add_baselines
-from leaderboard.store import SQLiteStore
+from lora_wise.leaderboard.app import LeaderboardView, build_app, launch
+from lora_wise.leaderboard.baselines import REFERENCE_METHODS, add_baselines
+from lora_wise.leaderboard.store import SQLiteStore
 from lora_wise.data import labels
 
 CONFIG = "mini_low_r8"
@@ -74,7 +74,7 @@ def test_view_shows_configs_tables_and_validation_errors(store, synthetic_benchm
 def test_space_entry_point_is_configured_by_the_environment(store, synthetic_benchmark, monkeypatch):
     import gradio as gr
 
-    import leaderboard.app as app
+    import lora_wise.leaderboard.app as app
 
     monkeypatch.setenv("LORA_WISE_DATASET", str(synthetic_benchmark))
     monkeypatch.setenv("LORA_WISE_LEADERBOARD_DB", str(store.path))

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from leaderboard import figures
-from leaderboard.entries import Entry
+from lora_wise.leaderboard import figures
+from lora_wise.leaderboard.entries import Entry
 
 
 def _png_ok(fig) -> None:
@@ -22,7 +22,7 @@ def test_importing_figures_does_not_import_matplotlib():
     # the module is already imported above; matplotlib only appears once a function is called
     import subprocess
 
-    code = "import leaderboard.figures, sys; print('matplotlib' in sys.modules)"
+    code = "import lora_wise.leaderboard.figures, sys; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from fake_hub import SECRET, install
-from leaderboard.baselines import REFERENCE_METHODS, SEED_ENV, seed_baselines
-from leaderboard.space import SpaceError, assemble_space, deploy_space, space_requirements
-from leaderboard.store import SQLiteStore, StoreError
+from lora_wise.leaderboard.baselines import REFERENCE_METHODS, SEED_ENV, seed_baselines
+from lora_wise.leaderboard.space import LEFT_OUT, SpaceError, assemble_space, deploy_space, space_requirements
+from lora_wise.leaderboard.store import SQLiteStore, StoreError
 from lora_wise.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,14 +72,16 @@ def test_requirements_are_the_leaderboard_extra_and_core_pinned_as_installed(spa
         assert spec == f"=={version(name)}"
 
 
-def test_space_carries_the_packages_the_app_needs_and_nothing_else(space):
-    assert sorted(p.name for p in space.iterdir()) == ["README.md", "app.py", "leaderboard", "lora_wise",
-                                                      "requirements.txt"]
-    for package in ("lora_wise", "leaderboard"):
-        source = {p.relative_to(ROOT / package).as_posix() for p in (ROOT / package).rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts}
-        copied = {p.relative_to(space / package).as_posix() for p in (space / package).rglob("*") if p.is_file()}
-        assert copied == source
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_space_carries_the_package_the_app_needs_and_nothing_else(space):
+    assert sorted(p.name for p in space.iterdir()) == ["README.md", "app.py", "lora_wise", "requirements.txt"]
+    library = {rel for rel in _files(ROOT / "lora_wise") if rel.split("/")[0] not in LEFT_OUT}
+    board = {f"leaderboard/{rel}" for rel in _files(ROOT / "leaderboard")}
+    assert _files(space / "lora_wise") == library | board
+    assert not (space / "lora_wise" / "builder").exists()
     assert (space / "lora_wise" / "resources" / "paper_results.csv").is_file()
     assert not list(space.rglob("__pycache__"))
     assert str(ROOT) not in "".join(p.read_text() for p in (space / "README.md", space / "app.py"))
@@ -102,10 +104,11 @@ def test_space_app_imports_its_own_copies_and_builds_without_launching(how, spac
         cwd = tmp_path
         load = ("import importlib.util; spec = importlib.util.spec_from_file_location('app', %r);"
                 "app = importlib.util.module_from_spec(spec); spec.loader.exec_module(app)" % str(space / "app.py"))
-    probe = (f"{load}; import json, sys, leaderboard, lora_wise, gradio;"
-             "print(json.dumps({'leaderboard': leaderboard.__file__, 'lora_wise': lora_wise.__file__,"
+    probe = (f"{load}; import json, sys, lora_wise.leaderboard, lora_wise, gradio;"
+             "print(json.dumps({'leaderboard': lora_wise.leaderboard.__file__, 'lora_wise': lora_wise.__file__,"
              " 'app': app.__file__, 'blocks': isinstance(app.demo, gradio.Blocks), 'running': app.demo.is_running,"
-             " 'modules': sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'builder', 'diffusers'})}))")
+             " 'modules': sorted({m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers')"
+             " or m.startswith('lora_wise.builder')})}))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -140,12 +143,13 @@ def test_deploy_creates_the_space_sets_its_variables_and_uploads_the_folder(fake
     assert all(kw["repo_id"] == "me/lora-wise-leaderboard" for _, kw in api.calls)
     upload = api.calls[-1][1]
     assert upload["repo_type"] == "space" and upload["path_in_repo"] is None
-    assert upload["delete_patterns"] == ["lora_wise/*", "leaderboard/*"]  # stale modules go, nothing else
+    assert upload["delete_patterns"] == ["lora_wise/*"]  # stale modules go, nothing else
     assert SECRET not in repr(api.calls)
     local = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert api.sent == local  # the assembled folder, byte for byte
-    assert {"README.md", "app.py", "requirements.txt", "leaderboard/app.py", "lora_wise/configs.py"} <= set(api.sent)
-    assert not any(name.startswith("builder/") for name in api.sent)
+    assert {"README.md", "app.py", "requirements.txt", "lora_wise/leaderboard/app.py",
+            "lora_wise/configs.py"} <= set(api.sent)
+    assert not any(name.startswith(("builder/", "lora_wise/builder/")) for name in api.sent)
     assert not any(SECRET.encode() in data for data in api.sent.values())
     assert "sdk: gradio" in api.sent["README.md"].decode()
 
@@ -173,7 +177,7 @@ def test_dry_run_lists_the_files_and_calls_nothing(monkeypatch, tmp_path, capsys
                  "--dry-run", "--out", str(tmp_path / "space")]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("dry run, nothing uploaded")
-    for name in ("README.md", "app.py", "requirements.txt", "leaderboard/app.py", "lora_wise/data.py"):
+    for name in ("README.md", "app.py", "requirements.txt", "lora_wise/leaderboard/app.py", "lora_wise/data.py"):
         assert f"  {name}\n" in printed
     assert f"{SEED_ENV}=1" in printed and SECRET not in printed
     assert (tmp_path / "space" / "app.py").is_file()
@@ -218,7 +222,7 @@ def _references(store) -> dict[str, list[str]]:
 
 
 def test_app_seeds_the_reference_baselines_only_when_asked(synthetic_benchmark, tmp_path, monkeypatch):
-    from leaderboard.app import build_app
+    from lora_wise.leaderboard.app import build_app
 
     store = SQLiteStore(tmp_path / "board.sqlite")
     monkeypatch.delenv(SEED_ENV, raising=False)
@@ -237,7 +241,7 @@ def test_app_seeds_the_reference_baselines_only_when_asked(synthetic_benchmark, 
 
 
 def test_seeding_fills_only_configs_without_references(synthetic_benchmark, tmp_path):
-    from leaderboard.baselines import add_baselines
+    from lora_wise.leaderboard.baselines import add_baselines
 
     store = SQLiteStore(tmp_path / "board.sqlite")
     add_baselines(synthetic_benchmark, configs=["mini_low_r8"], store=store)
@@ -248,7 +252,7 @@ def test_seeding_fills_only_configs_without_references(synthetic_benchmark, tmp_
 
 
 def test_a_failure_to_seed_is_logged_and_the_app_starts(synthetic_benchmark, tmp_path, monkeypatch, caplog):
-    from leaderboard.app import build_app
+    from lora_wise.leaderboard.app import build_app
 
     class ReadOnlyStore(SQLiteStore):
         def append(self, entry):
@@ -256,7 +260,7 @@ def test_a_failure_to_seed_is_logged_and_the_app_starts(synthetic_benchmark, tmp
 
     store = ReadOnlyStore(tmp_path / "board.sqlite")
     monkeypatch.setenv(SEED_ENV, "1")
-    with caplog.at_level(logging.WARNING, logger="leaderboard.baselines"):
+    with caplog.at_level(logging.WARNING, logger="lora_wise.leaderboard.baselines"):
         demo = build_app(store=store, dataset=synthetic_benchmark)
     assert demo is not None and store.entries() == []
     failures = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

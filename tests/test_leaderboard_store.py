@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from leaderboard.entries import Entry
-from leaderboard.store import HubDatasetStore, SQLiteStore, StoreError, default_db_path, open_store
-from leaderboard.scoring import submit
+from lora_wise.leaderboard.entries import Entry
+from lora_wise.leaderboard.store import HubDatasetStore, SQLiteStore, StoreError, default_db_path, open_store
+from lora_wise.leaderboard.scoring import submit
 from lora_wise.data import labels
 # Imported here so the forked writers inherit it: it pulls `evaluate` (and transformers), seconds each.
 import lora_wise.metrics.dataset_size_recovery  # noqa: F401,E402

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from leaderboard.submission import MAX_BYTES, SubmissionError, read_submission
+from lora_wise.leaderboard.submission import MAX_BYTES, SubmissionError, read_submission
 
 
 def test_csv_and_jsonl_read_the_same_predictions(tmp_path):

@@ -9,10 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from leaderboard.baselines import REFERENCE_METHODS, add_baselines
-from leaderboard.store import SQLiteStore
-from leaderboard.submission import MAX_BYTES, SubmissionError
-from leaderboard.scoring import submit
+from lora_wise.leaderboard.baselines import REFERENCE_METHODS, add_baselines
+from lora_wise.leaderboard.store import SQLiteStore
+from lora_wise.leaderboard.submission import MAX_BYTES, SubmissionError
+from lora_wise.leaderboard.scoring import submit
 from lora_wise.cli import main
 from lora_wise.data import labels
 
@@ -68,7 +68,7 @@ def test_submit_scores_against_an_independent_computation(tmp_path, synthetic_be
     assert stored == entry  # round trip through SQLite: every field, predictions and metrics included
     assert stored.verify()
 
-    import leaderboard
+    from lora_wise import leaderboard
 
     assert leaderboard.submit is submit  # the library call behind the CLI, at the package's top level
 

@@ -46,7 +46,7 @@ def _tokenizer_files(folder):
 def mini_pipeline(folder):
     """The project's miniature SD pipeline (random init), or a local one where the builder is absent."""
     try:
-        from builder.backbones import create_miniature_pipeline
+        from lora_wise.builder.backbones import create_miniature_pipeline
     except ImportError:  # the builder stage is optional; the naming checks do not depend on it
         return _local_mini_pipeline(folder)
     return create_miniature_pipeline()
