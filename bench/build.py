@@ -44,11 +44,11 @@ def main() -> None:
 
     from lora_wise.builder.backbones import miniature_backbone
     from lora_wise.builder.batched import train_units_batched
-    from lora_wise.builder.build import BuildOptions, _local_workers, _training_threads, torch_threads
+    from lora_wise.builder.build import BuildOptions, _local_workers, _training_threads
     from lora_wise.builder.distributed import BackboneRef, train_in_processes, worker_pool
     from lora_wise.builder.micro_datasets import SyntheticSource
     from lora_wise.builder.plan import plan_config
-    from lora_wise.builder.train import load_backbone, train_units
+    from lora_wise.builder.train import load_backbone, torch_threads, train_units
     from lora_wise.configs import MINIATURE_CONFIGS, get_config
 
     folder = args.backbone or str(miniature_backbone())

@@ -40,7 +40,7 @@ from .micro_datasets import (FolderSource, HFImageSource, ImageSource, Synthetic
                              check_micro_datasets, source_for)
 from .distributed import shard_groups
 from .plan import PlannedModel, groups_of, pending, plan_config
-from .train import train_units
+from .train import torch_threads, train_units
 from .write import ConfigStore, render, snapshot_rows
 
 DEFAULT_OUT = "lora-wise"
@@ -210,20 +210,6 @@ def _local_workers(options: BuildOptions, device: str, backbone_source: str, thr
     if device == "cpu" and backbone_info(backbone_source) is not None:
         return max(1, torch.get_num_threads() // max(threads or 1, 1))
     return 1
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """torch's intra-op threads set to ``threads`` (unchanged for None) during the block."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _Trainers:

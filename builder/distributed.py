@@ -126,8 +126,7 @@ def train_group_task(models: Sequence, backbone: BackboneRef, source, group_size
     import torch
 
     from .batched import train_units_batched
-    from .build import torch_threads
-    from .train import train_units
+    from .train import torch_threads, train_units
 
     loaded = _worker_backbone(backbone, "cuda" if torch.cuda.is_available() else "cpu")
     results: list[tuple[str, list]] = []

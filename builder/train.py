@@ -49,6 +49,7 @@ draws the same numbers as a CPU build.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import tempfile
@@ -461,6 +462,20 @@ def train_lora(backbone: Backbone, job: TrainingJob, latents: LatentStats,
 
 
 # ----------------------------------------------------------------------------- the model loop
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op threads set to ``threads`` (unchanged for None) during the block."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 def train_units(models: Sequence["PlannedModel"], backbone: Backbone, source,  # noqa: F821
                 on_done: Callable[["PlannedModel", list[Snapshot]], None], progress: bool = True) -> None:  # noqa: F821
