@@ -15,12 +15,12 @@ The flow, one direction::
     store: an append-only SQLite file (default) or a Hub dataset repo (a public Space)
         ▼
     ranking: by MAE, then MAPE, then time  ──►  ``lora-wise leaderboard show``,
-                                                the Gradio Space (``app.py``), figures.py
+                                                the Gradio Space (``app.py``), ``lora_wise.figures``
 
 Every entry point -- ``lora-wise submit``, the Space's upload form, the reference
 baselines (``baselines.add_baselines``) -- goes through ``scoring.submit``, so a file
 the CLI rejects is rejected the same way in the browser and nothing is stored on
-any error.  Gradio and matplotlib are imported only by ``app.py`` and ``figures.py``.
+any error.  Gradio and matplotlib (through ``lora_wise.figures``) are imported only by ``app.py``.
 """
 
 from __future__ import annotations

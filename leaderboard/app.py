@@ -99,7 +99,7 @@ class LeaderboardView:
         return [(f"#{i} {e.method} ({e.short_id})", e.id) for i, e in enumerate(rank_entries(entries), start=1)]
 
     def confusion_figure(self, config: str, entry_id: str | None, entries: list[Entry] | None = None):
-        from .figures import plot_confusion_matrix
+        from lora_wise.figures import plot_confusion_matrix
 
         entries = self.entries(config) if entries is None else entries
         chosen = next((e for e in entries if e.id == entry_id), None)
@@ -113,7 +113,7 @@ class LeaderboardView:
                                      title=f"{chosen.method} on {config} ({chosen.short_id})")
 
     def overview_figure(self):
-        from .figures import plot_metrics_by_method
+        from lora_wise.figures import plot_metrics_by_method
 
         return plot_metrics_by_method(self.entries(), title=f"Best entry per method ({self.split} split)")
 

@@ -3,7 +3,7 @@
 For each config: both baselines under the chosen protocol (Table 2 style, beside the paper's
 numbers), DSiRe's confusion matrix on the standard split (Fig. 4), the Frobenius norm against
 dataset size (Fig. 2a), the accuracy of each layer alone (Fig. 3) and the accuracy against the
-number of training micro-datasets (Fig. 5).  Figures come from ``leaderboard.figures``, the
+number of training micro-datasets (Fig. 5).  Figures come from ``lora_wise.figures``, the
 same plots the leaderboard app shows.
 """
 
@@ -129,7 +129,7 @@ def write_report(analyses: list[ConfigAnalysis], out: str | Path,
     import matplotlib
 
     matplotlib.use("Agg")
-    from lora_wise.leaderboard import figures
+    from . import figures
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from lora_wise.leaderboard import figures
+from lora_wise import figures
 from lora_wise.leaderboard.entries import Entry
 
 
@@ -22,7 +22,7 @@ def test_importing_figures_does_not_import_matplotlib():
     # the module is already imported above; matplotlib only appears once a function is called
     import subprocess
 
-    code = "import lora_wise.leaderboard.figures, sys; print('matplotlib' in sys.modules)"
+    code = "import lora_wise.figures, sys; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -1,4 +1,4 @@
-"""Matplotlib figures shared by the leaderboard Space and the project's report.
+"""Matplotlib figures shared by the leaderboard Space and the project's report (hence in the library).
 
 Every function returns a ``matplotlib.figure.Figure`` built without pyplot (no
 global state, no GUI backend, safe in the Space's worker threads) and never shows
