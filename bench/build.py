@@ -5,11 +5,11 @@ first use), trains models of the miniature configs -- their planned units with t
 images, seeds and prompts, the configs' steps and snapshots (or ``--steps`` steps and three
 snapshots) -- the ways a build can:
 
-* one-at-a-time, 1 process   -- ``builder.train.train_units``: PEFT adapter, batch 1, one model
+* one-at-a-time, 1 process   -- ``lora_wise.builder.train.train_units``: PEFT adapter, batch 1, one model
                                 after another on one thread: how ``lora-wise build`` trained
                                 before the batched trainer;
 * one-at-a-time, P processes -- the same trainer in one single-threaded worker process per core;
-* batched K, 1 process       -- ``builder.batched.train_units_batched``: groups of K models in
+* batched K, 1 process       -- ``lora_wise.builder.batched.train_units_batched``: groups of K models in
                                 one forward/backward, on one thread;
 * batched K, P processes     -- one group per worker process per core: what ``lora-wise build``
                                 does now on a CPU (``--batch-models 64``, one worker per core).

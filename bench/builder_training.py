@@ -3,7 +3,7 @@
 On a miniature backbone (``--backbone`` folder, or the cached default one, pre-trained on first
 use), trains the same models (4 images, ``--steps`` steps, rank 8) three ways and times them:
 
-* ours       -- what ``builder.train`` does: VAE posteriors encoded once per model and a latent
+* ours       -- what ``lora_wise.builder.train`` does: VAE posteriors encoded once per model and a latent
                 sampled from them each step, the prompt encoded once, the PEFT adapter injected
                 once and re-initialised per model, the LoRA phase on 1 CPU thread;
 * straight   -- the script's way: VAE-encode the batch and the prompt at every step, inject a

@@ -1,6 +1,6 @@
 """K-model batched trainer: fine-tune K LoRA models of one config in one forward/backward.
 
-The one-model trainer (:mod:`builder.train`) runs the miniature UNet at batch 1,
+The one-model trainer (:mod:`lora_wise.builder.train`) runs the miniature UNet at batch 1,
 where a CPU spends its time in per-module Python overhead, and SD 1.5 at batch 1,
 where a GPU sits mostly idle.  This trainer fine-tunes a *group* of K models over
 one frozen backbone at once, and every model of the group ends with the snapshots
@@ -8,9 +8,9 @@ the one-model trainer would give it, to float tolerance:
 
 * **its own random numbers** -- each model has its own ``torch.Generator`` seeded
   with its seed and draws through the shared protocol functions of
-  :mod:`builder.train` (:func:`~builder.train.init_lora_weights`,
-  :class:`~builder.train.ImageOrder`, :func:`~builder.train.draw_step`,
-  :func:`~builder.train.sample_latents`), model by model, in the documented order;
+  :mod:`lora_wise.builder.train` (:func:`~lora_wise.builder.train.init_lora_weights`,
+  :class:`~lora_wise.builder.train.ImageOrder`, :func:`~lora_wise.builder.train.draw_step`,
+  :func:`~lora_wise.builder.train.sample_latents`), model by model, in the documented order;
 * **its own LoRA weights** -- each adapted projection (PEFT's target modules:
   ``to_q``, ``to_k``, ``to_v``, ``to_out.0``) is swapped, for the group's training,
   for a :class:`StackedLoRALinear` holding A (K, r, k) and B (K, d, r): the frozen
@@ -31,13 +31,13 @@ the one-model trainer would give it, to float tolerance:
 * **its own loss scale** on a GPU with mixed precision -- :class:`BatchedGradScaler`
   is ``torch.amp.GradScaler`` per model: a model whose gradients overflow skips its
   step and halves its scale while the others step on, as K separate runs would;
-* **its own snapshots**, serialised by :func:`builder.train.lora_file`, the one
+* **its own snapshots**, serialised by :func:`lora_wise.builder.train.lora_file`, the one
   serialiser of both trainers (same keys, metadata and canonical header).
 
 Every recipe setting is supported (train batch size, gradient accumulation, flips,
 epsilon and v-prediction, fp16/bf16 mixed precision); a group needs one recipe,
 rank, alpha and target list, which every model of a config shares.  Groups are
-formed from consecutive models (:func:`builder.plan.groups_of`), so a build's grouping
+formed from consecutive models (:func:`lora_wise.builder.plan.groups_of`), so a build's grouping
 -- and so its float rounding -- is a function of its plan and the group size.
 
 This module imports torch; the build imports it only when training starts.
@@ -340,7 +340,7 @@ def train_units_batched(models: Sequence["PlannedModel"], backbone: Backbone, so
                         on_done: Callable[["PlannedModel", list[Snapshot]], None],  # noqa: F821
                         progress: bool = True, group_size: int = DEFAULT_CPU_GROUP_SIZE,
                         on_step: Callable[[float], None] | None = None) -> None:
-    """:func:`builder.train.train_units`, K models at a time: consecutive groups of ``group_size``.
+    """:func:`lora_wise.builder.train.train_units`, K models at a time: consecutive groups of ``group_size``.
 
     Each model's images are loaded, checked and VAE-encoded once; ``on_done(model, snapshots)``
     follows for every model of a group, in order, once the group finishes.  ``on_step(models)``

@@ -8,12 +8,12 @@ A build runs in two phases so that bad input costs nothing:
    (refusing to mix models trained with a different recipe or backbone), and find
    the units already done;
 2. **train**: cut each config's plan into groups of ``batch_models`` models
-   (:func:`builder.plan.groups_of`), keep this process's share (``--shard i/N``) and
+   (:func:`lora_wise.builder.plan.groups_of`), keep this process's share (``--shard i/N``) and
    the groups with work left, load each backbone once (the miniature one is
    pre-trained and cached on first use), hand the groups to the trainer -- the
-   batched one (:func:`builder.batched.train_units_batched`) by default, the
-   one-model PEFT loop (:func:`builder.train.train_units`) with ``batch_models=1``,
-   or Ray tasks (:func:`builder.distributed.train_on_ray`) -- commit each finished
+   batched one (:func:`lora_wise.builder.batched.train_units_batched`) by default, the
+   one-model PEFT loop (:func:`lora_wise.builder.train.train_units`) with ``batch_models=1``,
+   or Ray tasks (:func:`lora_wise.builder.distributed.train_on_ray`) -- commit each finished
    model atomically as it arrives, seal the config's shards and render the card.
 
 The batched trainer is the default wherever it is faster: on a CPU it fine-tunes 64

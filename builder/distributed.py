@@ -1,13 +1,13 @@
 """Spreading a build's work over processes and machines: groups, ``--shard i/N``, and Ray.
 
 The grain of distribution is a **group**: consecutive planned models of a config,
-``group_size`` at a time (:func:`builder.plan.groups_of`), which the batched trainer fine-tunes
+``group_size`` at a time (:func:`lora_wise.builder.plan.groups_of`), which the batched trainer fine-tunes
 in one pass.  Groups are cut from the config's plan (all its planned models, never
 what is left to do), so every process of a build -- a resumed one, a shard, a worker
 -- trains the same models side by side; a group with any model left is trained whole
 (the finished ones are not committed again).  With the same group size, threads per
 process and hardware the snapshots therefore have the same bytes however the work was
-spread, and :class:`builder.write.ConfigStore` seals the same shards from them.  (On a
+spread, and :class:`lora_wise.builder.write.ConfigStore` seals the same shards from them.  (On a
 GPU the default group size comes from a memory probe; pass ``--batch-models`` to every
 process of a spread build so that they agree.)
 
@@ -280,7 +280,7 @@ def train_on_ray(models: Sequence, backbone: BackboneRef, source, on_done: Calla
 
 
 def probe_group_size_on_ray(backbone: BackboneRef, job) -> int:
-    """:func:`builder.batched.probe_group_size` run on one of the cluster's GPU workers."""
+    """:func:`lora_wise.builder.batched.probe_group_size` run on one of the cluster's GPU workers."""
     ray = _import_ray()
 
     def probe(backbone: BackboneRef, job) -> int:

@@ -1,6 +1,6 @@
 """The batched trainer against one-at-a-time PEFT training, and its per-model optimiser parts.
 
-Every model of a batched group must end with the snapshots ``builder.train.train_lora``
+Every model of a batched group must end with the snapshots ``lora_wise.builder.train.train_lora``
 gives it alone: same file header (keys, shapes, adapter metadata), and tensors equal
 to float tolerance.  The tolerance is set by float rounding, not by a loose match:
 A (drawn by each model's generator, then trained) agrees to 1e-6 of its magnitude;
