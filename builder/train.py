@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from lora_wise.configs import Recipe
+from lora_wise.lora import canonical_safetensors
 
 #: diffusers' DreamBooth-LoRA script's defaults, used for every model.
 ADAM_BETAS = (0.9, 0.999)
@@ -349,24 +349,6 @@ def lora_safetensors(unet) -> bytes:
     state = {k: v.detach().to("cpu", torch.float32).contiguous()
              for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME).items()}
     return lora_file(state, adapter_metadata(unet))
-
-
-def canonical_safetensors(data: bytes) -> bytes:
-    """The same safetensors file with its JSON header in a fixed order (metadata keys sorted).
-
-    safetensors serialises the ``__metadata__`` map in hash order, which changes from
-    call to call; tensors and metadata are untouched, only their listing is ordered,
-    so equal LoRAs give equal bytes.
-    """
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
-    ordered = {}
-    if "__metadata__" in header:
-        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
-    ordered.update(sorted(header.items(), key=lambda item: (item[1]["data_offsets"][0], item[0])))
-    text = json.dumps(ordered, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + data[8 + length:]
 
 
 # ----------------------------------------------------------------------------- training one model

@@ -44,7 +44,7 @@ import numpy as np
 from .configs import BenchmarkConfig, UnknownConfigError, get_config
 from .layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir, render_card,
                      shard_name, shard_paths, write_shards)
-from .lora import LoRAWeights, is_lora_key, read_lora
+from .lora import LoRAWeights, is_lora_key, peft_safetensors, read_lora
 from .schema import SPLITS, model_id
 from .splits import standard_split
 
@@ -99,33 +99,6 @@ def micro_dataset_of(cfg: BenchmarkConfig, name) -> tuple[int, str]:
         raise ValueError(f"name {name!r} is not a micro-dataset number of {cfg.name}: the published layout "
                          f"numbers them 1..{count}; is the subset name right?")
     return number - 1, str(number)
-
-
-def peft_safetensors(weights: LoRAWeights, alpha: float | None = None) -> bytes:
-    """A LoRA as a safetensors file in diffusers' PEFT naming (``unet.<layer>.lora_A.weight``).
-
-    The ``lora_adapter_metadata`` that diffusers' ``save_lora_weights`` writes carries
-    rank and alpha, so ``pipeline.load_lora_weights`` and :func:`read_lora` get the
-    scale back.  ``alpha`` overrides every layer's; otherwise a layer keeps its own,
-    or its rank (scale 1) where it has none.
-    """
-    from safetensors.numpy import save
-
-    tensors, ranks, alphas = {}, {}, {}
-    for name, layer in weights.items():
-        tensors[f"unet.{name}.lora_A.weight"] = np.ascontiguousarray(layer.A, dtype=np.float32)
-        tensors[f"unet.{name}.lora_B.weight"] = np.ascontiguousarray(layer.B, dtype=np.float32)
-        ranks[name] = layer.rank
-        value = alpha if alpha is not None else layer.alpha if layer.alpha is not None else layer.rank
-        alphas[name] = int(value) if float(value).is_integer() else float(value)
-    r = Counter(ranks.values()).most_common(1)[0][0]
-    lora_alpha = Counter(alphas.values()).most_common(1)[0][0]
-    config = {"r": r, "lora_alpha": lora_alpha, "target_modules": sorted(ranks),
-              "rank_pattern": {n: v for n, v in ranks.items() if v != r},
-              "alpha_pattern": {n: v for n, v in alphas.items() if v != lora_alpha}}
-    packed = {f"unet.{key}": value for key, value in config.items()}
-    return save(tensors, metadata={"format": "pt",
-                                   "lora_adapter_metadata": json.dumps(packed, indent=2, sort_keys=True)})
 
 
 # --------------------------------------------------------------------------- published sources

@@ -1,4 +1,4 @@
-"""Read LoRA weights in every common naming into one canonical form.
+"""LoRA weights as safetensors: read them in every common naming into one canonical form, and write them.
 
 Whatever wrote a LoRA, :func:`read_lora` returns the same thing: an ordered
 mapping from a canonical layer name (the diffusers module path, e.g.
@@ -20,6 +20,10 @@ Namings understood:
   old diffusers naming, beside ``label`` and ``name``; and rows of this project's
   datasets, whose ``lora`` column holds safetensors bytes.
 
+Written back (:func:`peft_safetensors`), a LoRA is a safetensors file in diffusers' PEFT naming
+with the adapter metadata diffusers writes, so ``pipeline.load_lora_weights`` loads it;
+:func:`canonical_safetensors` orders a file's header so that equal LoRAs are equal bytes.
+
 Only safetensors is read.  Pickle-based files (``.bin``, ``.ckpt``, ``.pt``,
 ``.pth``) can execute code when loaded and are refused without being opened by
 a pickle reader.  Every malformed input is a :class:`LoRAFormatError` naming the
@@ -32,6 +36,7 @@ import json
 import os
 import re
 import struct
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,10 +172,14 @@ def _looks_like_pickle(data: bytes) -> bool:
     return data[:4] == b"PK\x03\x04" or (len(data) > 2 and data[0] == 0x80 and 2 <= data[1] <= 5)
 
 
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
+def _header(data: bytes) -> tuple[int, dict]:
+    """The length and the parsed JSON of a safetensors file's header."""
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
-    return dict(header.get("__metadata__") or {})
+    return length, json.loads(data[8:8 + length])
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    return dict(_header(data)[1].get("__metadata__") or {})
 
 
 def _read_bytes(data: bytes | bytearray, name: str) -> LoRAWeights:
@@ -427,3 +436,49 @@ def _peft_alpha(config: dict, layer: str) -> float | None:
             return float(value)
     alpha = config.get("lora_alpha")
     return None if alpha is None else float(alpha)
+
+
+# --------------------------------------------------------------------------- writing
+
+def peft_safetensors(weights: LoRAWeights, alpha: float | None = None) -> bytes:
+    """A LoRA as a safetensors file in diffusers' PEFT naming (``unet.<layer>.lora_A.weight``).
+
+    The ``lora_adapter_metadata`` that diffusers' ``save_lora_weights`` writes carries
+    rank and alpha, so ``pipeline.load_lora_weights`` and :func:`read_lora` get the
+    scale back.  ``alpha`` overrides every layer's; otherwise a layer keeps its own,
+    or its rank (scale 1) where it has none.
+    """
+    from safetensors.numpy import save
+
+    tensors, ranks, alphas = {}, {}, {}
+    for name, layer in weights.items():
+        tensors[f"unet.{name}.lora_A.weight"] = np.ascontiguousarray(layer.A, dtype=np.float32)
+        tensors[f"unet.{name}.lora_B.weight"] = np.ascontiguousarray(layer.B, dtype=np.float32)
+        ranks[name] = layer.rank
+        value = alpha if alpha is not None else layer.alpha if layer.alpha is not None else layer.rank
+        alphas[name] = int(value) if float(value).is_integer() else float(value)
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    lora_alpha = Counter(alphas.values()).most_common(1)[0][0]
+    config = {"r": r, "lora_alpha": lora_alpha, "target_modules": sorted(ranks),
+              "rank_pattern": {n: v for n, v in ranks.items() if v != r},
+              "alpha_pattern": {n: v for n, v in alphas.items() if v != lora_alpha}}
+    packed = {f"unet.{key}": value for key, value in config.items()}
+    return save(tensors, metadata={"format": "pt",
+                                   "lora_adapter_metadata": json.dumps(packed, indent=2, sort_keys=True)})
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header in a fixed order (metadata keys sorted).
+
+    safetensors serialises the ``__metadata__`` map in hash order, which changes from
+    call to call; tensors and metadata are untouched, only their listing is ordered,
+    so equal LoRAs give equal bytes.
+    """
+    length, header = _header(data)
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items(), key=lambda item: (item[1]["data_offsets"][0], item[0])))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + length:]

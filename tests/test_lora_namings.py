@@ -1,6 +1,6 @@
 """read_lora on real files of every naming family, checked against PEFT's own delta weights.
 
-One LoRA lives in the miniature SD-architecture pipeline (``builder.backbones``;
+One LoRA lives in the miniature SD-architecture pipeline (``lora_wise.builder.backbones``;
 random init is enough for naming).  It is written out by PEFT
 (``get_peft_model_state_dict``, raw ``state_dict`` with adapter names and
 prefixes, ``save_pretrained``), by diffusers' own ``save_lora_weights``, and
@@ -24,7 +24,7 @@ pytest.importorskip("peft")
 from safetensors.numpy import save as save_numpy  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from lora_wise.interop import peft_safetensors  # noqa: E402
+from lora_wise.lora import peft_safetensors  # noqa: E402
 from lora_wise.lora import LoRAFormatError, PickleRefusedError, read_lora  # noqa: E402
 
 RANK, ALPHA = 4, 8  # scale alpha / r = 2, so a lost alpha cannot go unnoticed
