@@ -33,15 +33,12 @@ from pathlib import Path
 
 from lora_wise.cache import cache_dir
 from lora_wise.configs import MINIATURE
+from lora_wise.errors import BackboneError
 
 #: Bump when the miniature architecture or its pre-training changes: old caches are then ignored.
 MINI_VERSION = 2
 #: Written beside the pipeline: the spec and how long pre-training took.
 INFO_FILE = "lora_wise_backbone.json"
-
-
-class BackboneError(FileNotFoundError):
-    """A backbone cannot be found or loaded; the message says where it looked and what to do."""
 
 
 @dataclass(frozen=True)

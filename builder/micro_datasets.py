@@ -32,15 +32,12 @@ from typing import Sequence
 import numpy as np
 
 from lora_wise.configs import BenchmarkConfig
+from lora_wise.errors import MicroDatasetError
 
 #: Extensions read from image folders (PIL decodes them all).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: Images each synthetic concept offers (the high range draws up to 1000).
 SYNTHETIC_IMAGES_PER_CONCEPT = 1000
-
-
-class MicroDatasetError(ValueError):
-    """The images cannot make the asked micro-datasets; the message says what to do."""
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_wise.errors import PushError
 from lora_wise.layout import built_configs, shard_paths
 from lora_wise.schema import SPLITS
 
 from .write import BUILD_DIR, render
-
-
-class PushError(RuntimeError):
-    """The folder cannot be pushed as it is, or the Hub refused; the message says what to do."""
 
 
 @dataclass

@@ -54,6 +54,7 @@ from typing import Iterable, Sequence
 import pyarrow.parquet as pq
 
 from lora_wise.configs import BenchmarkConfig
+from lora_wise.errors import BuildStateError
 from lora_wise.layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir, render_card,
                               rows_to_table, shard_name, shard_paths, write_table)
 from lora_wise.schema import SPLITS
@@ -65,10 +66,6 @@ from .train import Snapshot
 BUILD_DIR = ".lora-wise-build"
 MANIFEST_VERSION = 1
 _SHARD = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})\.parquet$")
-
-
-class BuildStateError(RuntimeError):
-    """The output folder holds something this build must not touch or mix with."""
 
 
 def snapshot_rows(cfg: BenchmarkConfig, model: PlannedModel, snapshots: Sequence[Snapshot],

@@ -32,6 +32,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_wise.errors import SpaceError
+
 from .baselines import SEED_ENV
 from .references import DATASET_ENV
 from .store import REPO_ENV
@@ -107,10 +109,6 @@ dependencies of `requirements.txt`. Its variables: `{dataset_env}` (the benchmar
 starts, add the reference baselines of any config that has none); its `HF_TOKEN` secret
 must be able to write to the results repo.
 """
-
-
-class SpaceError(RuntimeError):
-    """The Space cannot be assembled or deployed as asked; the message says what to do."""
 
 
 @dataclass

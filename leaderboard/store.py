@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from lora_wise.cache import cache_dir
+from lora_wise.errors import StoreError
 
 from .entries import Entry
 
@@ -33,10 +34,6 @@ REPO_ENV = "LORA_WISE_LEADERBOARD_REPO"
 #: How long a writer waits for another one to finish before giving up (ms).
 BUSY_TIMEOUT_MS = 60_000
 SCHEMA_VERSION = 1
-
-
-class StoreError(RuntimeError):
-    """The store cannot be read or written; the message says which file or repo and what to do."""
 
 
 @runtime_checkable
@@ -199,7 +196,6 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.location!r})"
-
 
 
 # --------------------------------------------------------------------------- Hub dataset repo

@@ -29,6 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_wise.errors import SubmissionError
+
 #: Largest submission accepted, in bytes (the paper's biggest split has 1,750 models;
 #: 50 MB leaves room for any foreseeable config while keeping a public Space safe).
 MAX_BYTES = 50 * 1024 * 1024
@@ -40,10 +42,6 @@ METADATA_FIELDS = ("method", "authors", "link", "config", "split")
 MAX_TEXT = {"method": 100, "authors": 300, "link": 500, "config": 100, "split": 20}
 #: How many offending rows an error message quotes.
 EXAMPLES = 3
-
-
-class SubmissionError(ValueError):
-    """A submission that cannot be scored; the message says what is wrong and what to do."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from .errors import UnknownConfigError
+
 #: The 50 Concept101 micro-datasets of the published low range, in the order the
 #: published reference script indexes them (its split draws indices into this list).
 CONCEPT101_MICRO_DATASETS: tuple[str, ...] = (
@@ -48,13 +50,6 @@ MINIATURE = "lora-wise/mini-sd"
 
 #: UNet attention projections adapted by diffusers' DreamBooth-LoRA example.
 ATTENTION_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-class UnknownConfigError(KeyError):
-    """Raised for a config name that is neither a config nor an alias."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from typing import Iterator
 import numpy as np
 
 from .cache import cache_dir
-from .configs import BenchmarkConfig, UnknownConfigError, canonical_name, get_config
+from .configs import BenchmarkConfig, canonical_name, get_config
+from .errors import DatasetLayoutError, UnknownConfigError
 from .features import FeatureTable
 from .lora import LoRAWeights, read_lora
 from .schema import COLUMNS, LABEL_COLUMNS, SPLITS
@@ -27,10 +28,6 @@ from .schema import COLUMNS, LABEL_COLUMNS, SPLITS
 #: ``step="checkpoint"`` selects each config's default checkpoint (1200 for the paper's low and
 #: medium ranges, 1000 for high); an int selects that step; None keeps every snapshot.
 CHECKPOINT = "checkpoint"
-
-
-class DatasetLayoutError(ValueError):
-    """The dataset exists but does not hold what was asked (config, split, step, columns)."""
 
 
 def local_data_files(root: str | os.PathLike) -> dict[str, dict[str, list[str]]]:

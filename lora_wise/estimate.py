@@ -41,6 +41,7 @@ import numpy as np
 
 from .baselines import get_baseline
 from .configs import BenchmarkConfig, get_config, iter_configs
+from .errors import IncompatibleLoRAError
 from .features import FeatureTable, extract
 from .lora import LoRASource, LoRAWeights, read_lora
 
@@ -48,10 +49,6 @@ from .lora import LoRASource, LoRAWeights, read_lora
 METHODS = ("dsire", "frobenius-nn", "nn-full-model")
 #: How many layer names an error message lists before "...".
 SHOWN = 4
-
-
-class IncompatibleLoRAError(ValueError):
-    """The LoRA cannot be compared with the reference models; the message says what differs."""
 
 
 class EstimateWarning(UserWarning):

@@ -44,19 +44,13 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
+from .errors import LoRAFormatError, PickleRefusedError
+
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 #: File names diffusers and PEFT give LoRA weights inside a folder.
 WEIGHT_FILE_NAMES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
 
 LoRASource = Union[str, os.PathLike, bytes, bytearray, memoryview, Mapping]
-
-
-class LoRAFormatError(ValueError):
-    """The input is not a readable LoRA; the message names the tensor and the fix."""
-
-
-class PickleRefusedError(LoRAFormatError):
-    """A pickle-based checkpoint was given; it is refused, never unpickled."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The numbers behind the dataset size recovery metric, with no dependency beyond numpy.
+"""The numbers behind the dataset size recovery metric, with no dependency beyond numpy (and lora_wise.errors).
 
 ``dataset_size_recovery.py`` (the ``evaluate`` module) wraps these functions; the
 leaderboard and the protocol runner call them directly, so scoring a submission
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-
-class DatasetSizeRecoveryInputError(ValueError):
-    """Predictions or references that cannot be scored; the message says which and why."""
+# Absolute, not relative: `evaluate` runs a copy of this file outside the package.
+from lora_wise.errors import DatasetSizeRecoveryInputError
 
 
 def _as_array(values, name: str) -> np.ndarray:

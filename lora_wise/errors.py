@@ -1,0 +1,160 @@
+"""Every error LoRA-WiSE raises on purpose: one root, and each error also the built-in it refines.
+
+An error here means the input, the data, the environment or the Hub is not as needed, and its
+message says what is wrong and what to do.  Each derives from :class:`LoRAWiSEError` *and* from
+the matching built-in exception (as ``datasets.exceptions`` does), so ``except LoRAWiSEError``
+catches all of them while ``except ValueError`` / ``KeyError`` / ``FileNotFoundError`` ... keep
+working.  ``lora-wise`` prints a ``LoRAWiSEError`` as one ``error:`` line and exits with status 2;
+any other exception is a bug and shows its traceback.
+
+::
+
+    LoRAWiSEError
+    ├── OptionError (ValueError)              an option's value is not allowed (method, k, protocol, ...)
+    ├── ConfigError (ValueError)              a benchmark config cannot be defined or registered
+    ├── UnknownConfigError (KeyError)         no config of that name; the message suggests close ones
+    ├── NotFoundError (FileNotFoundError)     a named file, folder or dataset does not exist
+    ├── DatasetLayoutError (ValueError)       a dataset does not hold what was asked (config, split, step)
+    │   └── PublishedLayoutError              the published release's files are not as documented
+    ├── LoRAFormatError (ValueError)          not a readable LoRA; names the tensor at fault
+    │   └── PickleRefusedError                a pickle checkpoint, refused unopened
+    ├── IncompatibleLoRAError (ValueError)    a LoRA that cannot be compared with the references
+    ├── DatasetSizeRecoveryInputError (ValueError)   predictions the metric cannot score
+    ├── MissingDependencyError (ImportError)  an optional dependency is not installed
+    ├── RepoIdError (ValueError)              not a Hub repo id (owner/name)
+    ├── HubError (OSError)                    the Hub or the network to it failed
+    │   ├── HubAuthError (PermissionError)    no token, or one without the rights needed
+    │   ├── HubNotFoundError (FileNotFoundError)  no such repo, revision or file
+    │   └── HubConnectionError (ConnectionError)  the Hub cannot be reached
+    ├── MicroDatasetError (ValueError)        builder: images missing, too few or unreadable
+    ├── BackboneError (FileNotFoundError)     builder: a backbone cannot be found or loaded
+    ├── DeviceError (RuntimeError)            builder: the asked device is not available
+    ├── BuildError (RuntimeError)             builder: the build cannot go on
+    │   └── BuildStateError                   the output folder holds what this build must not touch
+    ├── PushError (RuntimeError)              builder: the folder cannot be pushed as it is
+    ├── SubmissionError (ValueError)          leaderboard: a submission cannot be scored
+    ├── StoreError (RuntimeError)             leaderboard: the store cannot be read or written
+    └── SpaceError (RuntimeError)             leaderboard: the Space cannot be assembled or deployed
+
+The modules that raise an error also export it (``lora_wise.lora.LoRAFormatError``,
+``lora_wise.leaderboard.submission.SubmissionError``, ...).
+"""
+
+from __future__ import annotations
+
+
+class LoRAWiSEError(Exception):
+    """The root of LoRA-WiSE's errors: something to fix in the input, the data or the setup, not a bug."""
+
+    def __str__(self) -> str:  # the message itself, also for errors built on KeyError (which quotes it)
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+# --------------------------------------------------------------------------- options and configs
+
+class OptionError(LoRAWiSEError, ValueError):
+    """An option or argument has a value that is not allowed; the message lists the allowed ones."""
+
+
+class ConfigError(LoRAWiSEError, ValueError):
+    """A benchmark config is inconsistent, or cannot be registered under its name."""
+
+
+class UnknownConfigError(LoRAWiSEError, KeyError):
+    """No benchmark config of that name; the message suggests close names."""
+
+
+# --------------------------------------------------------------------------- files, datasets, LoRAs
+
+class NotFoundError(LoRAWiSEError, FileNotFoundError):
+    """A file, folder or dataset that was named does not exist; the message says where it looked."""
+
+
+class DatasetLayoutError(LoRAWiSEError, ValueError):
+    """The dataset exists but does not hold what was asked (config, split, step, columns)."""
+
+
+class PublishedLayoutError(DatasetLayoutError):
+    """Files said to be in the published release's layout are not (columns, names, labels, tensors)."""
+
+
+class LoRAFormatError(LoRAWiSEError, ValueError):
+    """The input is not a readable LoRA; the message names the tensor and the fix."""
+
+
+class PickleRefusedError(LoRAFormatError):
+    """A pickle-based checkpoint was given; it is refused, never unpickled."""
+
+
+class IncompatibleLoRAError(LoRAWiSEError, ValueError):
+    """The LoRA cannot be compared with the reference models; the message says what differs."""
+
+
+class DatasetSizeRecoveryInputError(LoRAWiSEError, ValueError):
+    """Predictions or references that cannot be scored; the message says which and why."""
+
+
+class MissingDependencyError(LoRAWiSEError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+# --------------------------------------------------------------------------- the Hub
+
+class RepoIdError(LoRAWiSEError, ValueError):
+    """Not a Hub repo id of the form ``owner/name``."""
+
+
+class HubError(LoRAWiSEError, OSError):
+    """The Hugging Face Hub refused or failed a request; the message names the fix."""
+
+
+class HubAuthError(HubError, PermissionError):
+    """No Hugging Face token, or one without the rights the request needs."""
+
+
+class HubNotFoundError(HubError, FileNotFoundError):
+    """The repo, revision or file does not exist on the Hub (or is private to others)."""
+
+
+class HubConnectionError(HubError, ConnectionError):
+    """The Hub cannot be reached (network down, or offline mode set)."""
+
+
+# --------------------------------------------------------------------------- the builder
+
+class MicroDatasetError(LoRAWiSEError, ValueError):
+    """Images are missing, too few or unreadable; the message names the culprit and the fix."""
+
+
+class BackboneError(LoRAWiSEError, FileNotFoundError):
+    """A backbone cannot be found or loaded; the message says where it looked and what to do."""
+
+
+class DeviceError(LoRAWiSEError, RuntimeError):
+    """The device asked for (e.g. CUDA) is not available here."""
+
+
+class BuildError(LoRAWiSEError, RuntimeError):
+    """The build cannot go on (a cluster that cannot be reached, ...)."""
+
+
+class BuildStateError(BuildError):
+    """The output folder holds something this build must not touch or mix with."""
+
+
+class PushError(LoRAWiSEError, RuntimeError):
+    """The folder cannot be pushed as it is; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- the leaderboard
+
+class SubmissionError(LoRAWiSEError, ValueError):
+    """A submission that cannot be scored; the message says what is wrong and how to fix it."""
+
+
+class StoreError(LoRAWiSEError, RuntimeError):
+    """The store cannot be read or written; the message says which file or repo and what to do."""
+
+
+class SpaceError(LoRAWiSEError, RuntimeError):
+    """The Space cannot be assembled or deployed as asked; the message says what to do."""
