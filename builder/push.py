@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_wise.errors import PushError
-from lora_wise.layout import built_configs, shard_paths
+from lora_wise.layout import built_configs, data_dir, data_path, shard_paths
 from lora_wise.schema import SPLITS
 
 from .write import BUILD_DIR, render
@@ -78,8 +78,8 @@ def push(folder: str | os.PathLike, repo_id: str, private: bool = False, dry_run
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         for config in plan.configs:
-            api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=plan.folder / "data" / config,
-                              path_in_repo=f"data/{config}", allow_patterns=["*.parquet"],
+            api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=data_dir(plan.folder, config),
+                              path_in_repo=data_path(config), allow_patterns=["*.parquet"],
                               ignore_patterns=[".*", "**/.*"], delete_patterns=["*.parquet"],
                               commit_message=f"LoRA-WiSE: upload {config}")
         api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=plan.folder,

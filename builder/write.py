@@ -46,7 +46,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import signal
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -55,8 +54,8 @@ import pyarrow.parquet as pq
 
 from lora_wise.configs import BenchmarkConfig
 from lora_wise.errors import BuildStateError
-from lora_wise.layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir, render_card,
-                              rows_to_table, shard_name, shard_paths, write_table)
+from lora_wise.layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir,
+                              is_shard_name, render_card, rows_to_table, shard_name, shard_paths, write_table)
 from lora_wise.schema import SPLITS
 
 from .plan import PlannedModel
@@ -65,7 +64,6 @@ from .train import Snapshot
 #: Bookkeeping folder inside the output folder (never uploaded).
 BUILD_DIR = ".lora-wise-build"
 MANIFEST_VERSION = 1
-_SHARD = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})\.parquet$")
 
 
 def snapshot_rows(cfg: BenchmarkConfig, model: PlannedModel, snapshots: Sequence[Snapshot],
@@ -287,7 +285,7 @@ class ConfigStore:
         listed = {name for s in SPLITS for name in manifest["shards"][s]}
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for path in list(self.data_dir.iterdir()):
-            if _SHARD.match(path.name) and path.name not in listed:
+            if is_shard_name(path.name) and path.name not in listed:
                 path.unlink()  # a shard replaced by a reseal
             elif path.name.startswith(".") and path.name.endswith(".tmp"):
                 path.unlink()  # a half-written file

@@ -59,8 +59,6 @@ CARD_META = {
     "license": "apache-2.0",
     "short_description": "Dataset size recovery from LoRA weights, ranked",
 }
-CARD_ORDER = ("title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "python_version", "app_file",
-              "pinned", "license", "short_description", "datasets")
 
 APP_PY = '''\
 """Entry point of the LoRA-WiSE leaderboard Space (written by `lora-wise leaderboard deploy`).
@@ -191,19 +189,18 @@ def space_requirements() -> list[str]:
 
 
 def card_text(dataset: str, results_repo: str) -> str:
-    """The Space's README.md: front matter for the Hub, then a short description."""
+    """The Space's README.md: its metadata for the Hub (huggingface_hub's ``SpaceCardData``), then a description."""
     from importlib.metadata import version
 
-    import yaml
+    from huggingface_hub import SpaceCard, SpaceCardData
 
     import lora_wise
 
-    meta = dict(CARD_META, sdk_version=version("gradio"), datasets=[dataset, results_repo],
-                python_version=f"{sys.version_info.major}.{sys.version_info.minor}")
-    front = yaml.safe_dump({k: meta[k] for k in CARD_ORDER}, sort_keys=False, allow_unicode=True)
+    data = SpaceCardData(**CARD_META, sdk_version=version("gradio"), datasets=[dataset, results_repo],
+                         python_version=f"{sys.version_info.major}.{sys.version_info.minor}")
     body = CARD_BODY.format(dataset=dataset, results_repo=results_repo, version=lora_wise.__version__,
                             dataset_env=DATASET_ENV, repo_env=REPO_ENV, seed_env=SEED_ENV)
-    return f"---\n{front}---\n\n{body}"
+    return str(SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
 def _package_dir(name: str) -> Path:

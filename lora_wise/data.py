@@ -22,6 +22,7 @@ from .cache import cache_dir
 from .configs import BenchmarkConfig, canonical_name, get_config
 from .errors import DatasetLayoutError, UnknownConfigError
 from .features import FeatureTable
+from .layout import read_card_data_files
 from .lora import LoRAWeights, read_lora
 from .schema import COLUMNS, LABEL_COLUMNS, SPLITS
 
@@ -32,26 +33,13 @@ CHECKPOINT = "checkpoint"
 
 def local_data_files(root: str | os.PathLike) -> dict[str, dict[str, list[str]]]:
     """config -> split -> absolute Parquet paths, from a local folder's card ``configs:`` YAML."""
-    from huggingface_hub import DatasetCard
-
     root = Path(root)
-    card = root / "README.md"
-    if not card.is_file():
+    if not (root / "README.md").is_file():
         raise DatasetLayoutError(f"{root}: no README.md with a `configs:` section; this folder is not a "
                                  f"LoRA-WiSE dataset (build one with `lora-wise build --out {root}`)")
-    entries = DatasetCard.load(card).data.to_dict().get("configs") or []
-    out: dict[str, dict[str, list[str]]] = {}
-    for entry in entries:
-        data_files = entry.get("data_files") or []
-        if isinstance(data_files, (str, dict)):
-            data_files = [data_files] if isinstance(data_files, dict) else [{"split": "train", "path": data_files}]
-        splits: dict[str, list[str]] = {}
-        for item in data_files:
-            patterns = item["path"] if isinstance(item["path"], list) else [item["path"]]
-            files = sorted({str(p.resolve()) for pattern in patterns for p in root.glob(pattern)})
-            splits[item.get("split", "train")] = files
-        out[entry["config_name"]] = splits
-    return out
+    return {config: {split: sorted({str(p.resolve()) for pattern in patterns for p in root.glob(pattern)})
+                     for split, patterns in splits.items()}
+            for config, splits in read_card_data_files(root).items()}
 
 
 def load_benchmark(path: str | os.PathLike, config: str, split: str | None = None,

@@ -42,8 +42,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .configs import BenchmarkConfig, UnknownConfigError, get_config
-from .layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir, render_card,
-                     shard_name, shard_paths, write_shards)
+from .layout import (DATA, DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir, data_path,
+                     read_card_data_files, render_card, shard_name, shard_paths, shard_pattern, write_card,
+                     write_shards)
 from .lora import LoRAWeights, is_lora_key, peft_safetensors, read_lora
 from .schema import SPLITS, model_id
 from .splits import standard_split
@@ -103,36 +104,10 @@ def micro_dataset_of(cfg: BenchmarkConfig, name) -> tuple[int, str]:
 
 # --------------------------------------------------------------------------- published sources
 
-def _front_matter(readme: Path) -> dict:
-    import yaml
-
-    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", readme.read_text(encoding="utf-8"), re.S)
-    if not match:
-        return {}
-    try:
-        meta = yaml.safe_load(match.group(1))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{readme}: its YAML header does not parse ({exc}); fix or remove it") from exc
-    return meta if isinstance(meta, dict) else {}
-
-
 def _declared_data_files(root: Path) -> dict[str, list[str]]:
-    """config_name -> file patterns, from ``root/README.md``'s ``configs:`` YAML (all splits)."""
-    readme = root / "README.md"
-    if not readme.is_file():
-        return {}
-    declared = {}
-    for entry in _front_matter(readme).get("configs") or []:
-        if not isinstance(entry, dict) or "config_name" not in entry:
-            continue
-        files, patterns = entry.get("data_files"), []
-        items = files.values() if isinstance(files, dict) else files if isinstance(files, list) else [files]
-        for item in items:
-            if isinstance(item, dict):
-                item = item.get("path")
-            patterns += [item] if isinstance(item, str) else [p for p in item or [] if isinstance(p, str)]
-        declared[str(entry["config_name"])] = patterns
-    return declared
+    """config_name -> file patterns (all splits), from ``root/README.md``'s ``configs:`` YAML."""
+    return {name: [pattern for patterns in splits.values() for pattern in patterns]
+            for name, splits in read_card_data_files(root).items()}
 
 
 def _visible(path: Path, root: Path) -> bool:
@@ -160,7 +135,7 @@ def published_subsets(src: str | os.PathLike) -> dict[str, list[Path]]:
                         if p.is_file() and p.suffix == ".parquet" and _visible(p, root)})
         if files:
             found[name] = files
-    for base in (root, root / "data"):
+    for base in (root, root / DATA):
         if not base.is_dir():
             continue
         for folder in sorted(base.iterdir()):
@@ -187,7 +162,7 @@ def download_published(repo: str = PUBLISHED_REPO, subsets: Iterable[str] | None
         if wanted:
             patterns = ["README.md"]
             for subset in wanted:
-                patterns += declared.get(subset) or [f"{subset}/**", f"data/{subset}/**"]
+                patterns += declared.get(subset) or [f"{subset}/**", f"{data_path(subset)}/**"]
         api.snapshot_download(repo, repo_type="dataset", allow_patterns=patterns, local_dir=folder)
     except Exception as exc:  # noqa: BLE001 - any Hub or network failure gets the same advice
         raise RuntimeError(
@@ -532,28 +507,19 @@ def _write_published_shard(table, path: Path) -> None:
 
 
 def _write_published_card(out: Path, subset: str) -> Path:
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    readme = out / "README.md"
-    entries = []
-    if readme.is_file():
-        entries = [e for e in _front_matter(readme).get("configs") or []
-                   if isinstance(e, dict) and e.get("config_name") != subset]
-    entries.append({"config_name": subset,
-                    "data_files": [{"split": PUBLISHED_SPLIT, "path": f"data/{subset}/{PUBLISHED_SPLIT}-*.parquet"}]})
-    entries.sort(key=lambda e: str(e["config_name"]))
-    data = DatasetCardData(pretty_name="LoRA-WiSE (published layout)", configs=entries,
-                           tags=["lora", "dataset-size-recovery", "model-weights"])
-    subsets = ", ".join(f"`{e['config_name']}`" for e in entries)
-    steps = ", ".join(f"`{e['config_name']}` step {get_config(e['config_name']).checkpoint_step}"
-                      for e in entries if _is_config(str(e["config_name"])))
+    """``out/README.md`` mapping ``subset`` and the other subsets already there, as the release's card does."""
+    data_files = {name: splits for name, splits in read_card_data_files(out).items() if name != subset}
+    data_files[subset] = {PUBLISHED_SPLIT: [shard_pattern(subset, PUBLISHED_SPLIT)]}
+    names = sorted(data_files)
+    subsets = ", ".join(f"`{name}`" for name in names)
+    steps = ", ".join(f"`{name}` step {get_config(name).checkpoint_step}" for name in names if _is_config(name))
     body = (f"# LoRA-WiSE in the published layout\n\nSubsets {subsets}, exported by `lora-wise export-official` "
             f"in the layout of the published release ({PUBLISHED_REPO}): one split `{PUBLISHED_SPLIT}`, one row per "
             f"model, `label` (dataset size), `name` (micro-dataset), and one nested-list column per LoRA tensor "
             f"named `unet.<module>.lora.down.weight` / `.lora.up.weight`. Every model is its config's default "
             f"checkpoint ({steps}).\n")
-    atomic_write_bytes(readme, str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")).encode())
-    return readme
+    return write_card(out, data_files, body, pretty_name="LoRA-WiSE (published layout)",
+                      tags=["lora", "dataset-size-recovery", "model-weights"])
 
 
 def export_official(dataset: str | os.PathLike, config: str, out: str | os.PathLike, *, progress: bool = True,
@@ -568,7 +534,7 @@ def export_official(dataset: str | os.PathLike, config: str, out: str | os.PathL
 
     cfg = get_config(config)
     subset, out = published_subset(cfg), Path(out)
-    target = out / "data" / subset
+    target = data_dir(out, subset)
     staging = target / f".staging-{os.getpid()}"
     named = bool(cfg.micro_dataset_names)
     layers: tuple[str, ...] | None = None
@@ -600,7 +566,7 @@ def export_official(dataset: str | os.PathLike, config: str, out: str | os.PathL
             count += 1
         if batch:
             flush()
-        for old in target.glob(f"{PUBLISHED_SPLIT}-*.parquet"):
+        for old in shard_paths(out, subset, PUBLISHED_SPLIT):
             old.unlink()
         final = []
         for path in written:

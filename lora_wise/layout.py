@@ -6,10 +6,12 @@ A LoRA-WiSE folder is laid out exactly as its Hub dataset repo::
     data/<config>/<split>-NNNNN.parquet
 
 so ``datasets.load_dataset(folder_or_repo, config)`` reads it with no loading
-script.  This module owns the layout: the builder, the importer of the
-published release and the tests all write through it.  Every file appears
-atomically (written to a temporary name, then renamed), so a reader or a killed
-writer never sees half a shard.
+script.  This module owns the layout: the builder, the importer and exporter of the
+published release, the loader and the tests all go through it for shard paths and
+names, and for the card's ``configs:`` YAML, which is read and written only with
+huggingface_hub's card classes (``DatasetCard``, ``DatasetCardData``).  Every file
+appears atomically (written to a temporary name, then renamed), so a reader or a
+killed writer never sees half a shard.
 """
 
 from __future__ import annotations
@@ -25,21 +27,40 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import DatasetLayoutError, NotFoundError
 from .schema import COLUMNS, SCHEMA, SPLITS
 
 #: Upper bound on a shard's size; the Hub and ``datasets`` work best with shards of a few hundred MB.
 DEFAULT_MAX_SHARD_BYTES = 256 * 1024 * 1024
 #: What a row costs in a shard besides its LoRA bytes (labels, image ids, recipe), for sizing shards.
 ROW_LABEL_BYTES = 1024
+#: The folder of a dataset (or repo) that holds one sub-folder of shards per config.
+DATA = "data"
 _SHARD = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})\.parquet$")
 
 
+def data_path(config: str) -> str:
+    """``data/<config>``: where a config's shards live, as a path inside a dataset repo."""
+    return f"{DATA}/{config}"
+
+
 def data_dir(root: str | os.PathLike, config: str) -> Path:
-    return Path(root) / "data" / config
+    """The folder of a config's shards under ``root``."""
+    return Path(root) / data_path(config)
 
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.parquet"
+
+
+def is_shard_name(name: str) -> bool:
+    """Whether a file name is a shard's, ``<split>-NNNNN.parquet``."""
+    return _SHARD.match(name) is not None
+
+
+def shard_pattern(config: str, split: str) -> str:
+    """The glob of one split's shards inside a repo, as the card's ``configs:`` lists it."""
+    return f"{data_path(config)}/{split}-*.parquet"
 
 
 def shard_paths(root: str | os.PathLike, config: str, split: str) -> list[Path]:
@@ -54,7 +75,7 @@ def shard_paths(root: str | os.PathLike, config: str, split: str) -> list[Path]:
 
 def built_configs(root: str | os.PathLike) -> list[str]:
     """Configs with at least one shard under ``root/data``."""
-    base = Path(root) / "data"
+    base = Path(root) / DATA
     if not base.is_dir():
         return []
     return sorted(p.name for p in base.iterdir()
@@ -159,40 +180,76 @@ def template_path() -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError("dataset_card.md template not found; reinstall lora-wise")
+    raise NotFoundError("dataset_card.md template not found; reinstall lora-wise")
 
 
-def card_configs(root: str | os.PathLike, configs: Iterable[str]) -> list[dict]:
-    """The ``configs:`` YAML entries: one per config, a data_files entry per split with shards."""
-    entries = []
-    for config in configs:
-        files = [{"split": split, "path": f"data/{config}/{split}-*.parquet"}
-                 for split in SPLITS if shard_paths(root, config, split)]
-        if files:
-            entries.append({"config_name": config, "data_files": files})
-    return entries
+#: What the card's ``configs:`` YAML maps: config -> split -> file patterns (relative to the folder).
+DataFiles = dict[str, dict[str, list[str]]]
+
+
+def _split_patterns(data_files) -> dict[str, list[str]]:
+    """One config's ``data_files`` in any form a card allows -> split -> patterns.
+
+    A pattern, a list of patterns (both the ``train`` split's, as ``datasets`` reads them),
+    ``{split, path}`` entries (``path`` one pattern or a list), or a ``{split: patterns}`` map.
+    """
+    if isinstance(data_files, dict) and "path" not in data_files:
+        data_files = [{"split": split, "path": path} for split, path in data_files.items()]
+    out: dict[str, list[str]] = {}
+    for item in data_files if isinstance(data_files, list) else [data_files]:
+        split, path = (item.get("split", "train"), item.get("path")) if isinstance(item, dict) else ("train", item)
+        paths = path if isinstance(path, list) else [path]
+        out.setdefault(str(split), []).extend(p for p in paths if isinstance(p, str))
+    return out
+
+
+def read_card_data_files(root: str | os.PathLike) -> DataFiles:
+    """config -> split -> file patterns, from ``root/README.md``'s ``configs:`` YAML; {} without a card."""
+    import yaml
+    from huggingface_hub import DatasetCard
+
+    readme = Path(root) / "README.md"
+    if not readme.is_file():
+        return {}
+    try:
+        card = DatasetCard.load(readme, ignore_metadata_errors=True)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise DatasetLayoutError(f"{readme}: its YAML header does not parse ({exc}); fix or remove it") from exc
+    return {str(entry["config_name"]): _split_patterns(entry.get("data_files") or [])
+            for entry in card.data.to_dict().get("configs") or []
+            if isinstance(entry, dict) and "config_name" in entry}
+
+
+def write_card(root: str | os.PathLike, data_files: DataFiles, body: str, **metadata) -> Path:
+    """Write ``root/README.md``: ``metadata`` and the ``configs:`` of ``data_files`` as YAML, then ``body``."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    configs = [{"config_name": config,
+                "data_files": [{"split": split, "path": paths[0] if len(paths) == 1 else paths}
+                               for split, paths in data_files[config].items()]}
+               for config in sorted(data_files)]
+    data = DatasetCardData(**metadata, configs=configs)
+    path = Path(root) / "README.md"
+    atomic_write_bytes(path, str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")).encode())
+    return path
 
 
 def render_card(root: str | os.PathLike, configs: Iterable[str] | None = None, repo: str | None = None) -> Path:
     """Write ``root/README.md``: YAML metadata (license, tags, ``configs:``) and the card body."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
     from . import __version__
     from .configs import get_config
 
     root = Path(root)
     names = sorted(configs) if configs is not None else built_configs(root)
-    entries = card_configs(root, names)
-    if not entries:
-        raise ValueError(f"{root}: no shards to describe; build a config first")
-    data = DatasetCardData(
-        license="other", license_name="lora-wise", pretty_name="LoRA-WiSE",
-        tags=["lora", "dataset-size-recovery", "stable-diffusion", "model-weights", "benchmark"],
-        configs=entries)
+    data_files = {config: splits for config in names
+                  if (splits := {split: [shard_pattern(config, split)]
+                                 for split in SPLITS if shard_paths(root, config, split)})}
+    if not data_files:
+        raise DatasetLayoutError(f"{root}: no shards to describe; build a config first")
     rows = ["| config | range | sizes | backbone | rank | train / test micro-datasets | models |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for entry in entries:
-        cfg = get_config(entry["config_name"])
+    for name in data_files:
+        cfg = get_config(name)
         n_test = cfg.num_micro_datasets - cfg.num_train_micro_datasets
         rows.append(f"| `{cfg.name}` | {cfg.data_range} | {', '.join(map(str, cfg.dataset_sizes))} | "
                     f"{cfg.backbone_name} | {cfg.rank} | {cfg.num_train_micro_datasets} / {n_test} | "
@@ -200,7 +257,6 @@ def render_card(root: str | os.PathLike, configs: Iterable[str] | None = None, r
     schema = [f"| `{name}` | {dtype} | {meaning} |" for name, (dtype, meaning) in COLUMNS.items()]
     body = Template(template_path().read_text()).substitute(
         version=__version__, configs_table="\n".join(rows), schema_table="\n".join(schema),
-        repo=repo or root.name, example_config=entries[0]["config_name"])
-    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    atomic_write_bytes(root / "README.md", str(card).encode())
-    return root / "README.md"
+        repo=repo or root.name, example_config=next(iter(data_files)))
+    return write_card(root, data_files, body, license="other", license_name="lora-wise", pretty_name="LoRA-WiSE",
+                      tags=["lora", "dataset-size-recovery", "stable-diffusion", "model-weights", "benchmark"])
