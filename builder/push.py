@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_wise.errors import PushError
+from lora_wise.hub import check_repo_id, require_token, talking_to_hub
 from lora_wise.layout import built_configs, data_dir, data_path, shard_paths
 from lora_wise.schema import SPLITS
 
@@ -47,8 +48,7 @@ def plan_push(folder: str | os.PathLike, repo_id: str) -> PushPlan:
     root = Path(folder)
     if not root.is_dir():
         raise PushError(f"{root} does not exist; build one with `lora-wise build --out {root}`")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise PushError(f"repo id {repo_id!r} must look like <user or org>/<name>, e.g. me/LoRA-WiSE")
+    repo_id = check_repo_id(repo_id, "dataset repo")
     configs = built_configs(root)
     if not configs or not (root / "README.md").is_file():
         raise PushError(f"{root} holds no built LoRA-WiSE config (README.md and data/<config>/*.parquet); "
@@ -67,15 +67,14 @@ def push(folder: str | os.PathLike, repo_id: str, private: bool = False, dry_run
     plan = plan_push(folder, repo_id)
     if dry_run:
         return plan
-    from huggingface_hub import HfApi, get_token
-
     if api is None:
-        if get_token() is None:
-            raise PushError("no Hugging Face token found: log in with `hf auth login` or set HF_TOKEN "
-                            "(a token with write access), then push again")
+        from huggingface_hub import HfApi
+
+        require_token(f"push to {plan.repo_id}")
         api = HfApi()
+    repo_id = plan.repo_id
     render(plan.folder, repo=repo_id)  # the card's loading example names the repo
-    try:
+    with talking_to_hub(f"upload to {repo_id}"):
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         for config in plan.configs:
             api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=data_dir(plan.folder, config),
@@ -84,10 +83,4 @@ def push(folder: str | os.PathLike, repo_id: str, private: bool = False, dry_run
                               commit_message=f"LoRA-WiSE: upload {config}")
         api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=plan.folder,
                           allow_patterns=["README.md"], commit_message="LoRA-WiSE: dataset card")
-    except Exception as exc:  # noqa: BLE001 - the Hub's errors, re-raised with what to do
-        name = type(exc).__name__
-        if name in ("HfHubHTTPError", "RepositoryNotFoundError", "LocalTokenNotFoundError") or "401" in str(exc):
-            raise PushError(f"the Hub refused the upload to {repo_id} ({name}: {exc}); check that you are logged "
-                            f"in (`hf auth login`) with a token that can write to {repo_id.split('/')[0]}") from exc
-        raise
     return plan

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 from lora_wise.configs import CONFIGS, get_config
+from lora_wise.errors import LoRAWiSEError, UnknownConfigError
 
 from .baselines import seed_baselines, seeding_requested
 from .entries import Entry, board_rows, rank_entries
@@ -120,7 +121,7 @@ class LeaderboardView:
     def describe(self, config: str) -> str:
         try:
             cfg = get_config(config)
-        except KeyError:
+        except UnknownConfigError:
             return f"### {config}"
         sizes = ", ".join(map(str, cfg.dataset_sizes))
         return (f"### {cfg.name}\n{cfg.description}  \nDataset sizes: {sizes}; rank {cfg.rank}; "
@@ -133,7 +134,7 @@ class LeaderboardView:
         try:
             result = submit(path, method=method, authors=authors, link=link, config=config, split=self.split,
                             dataset=self.dataset, store=self.store, name=Path(path).name)
-        except (SubmissionError, RuntimeError) as exc:
+        except LoRAWiSEError as exc:  # a bad file, a store or Hub that refuses: said in the page
             return False, str(exc)
         e = result.entry
         return True, (f"Stored {e.method!r} as entry {e.short_id}: MAE {e.mae:.3f}, MAPE {e.mape:.2f}%, "

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_wise.errors import SpaceError
+from lora_wise.hub import check_repo_id, require_token, talking_to_hub
 
 from .baselines import SEED_ENV
 from .references import DATASET_ENV
@@ -134,22 +135,6 @@ class SpaceDeployment:
                      + ", ".join(f"{k}={v}" for k, v in self.variables.items()))
         lines += self.notes
         return "\n".join(lines)
-
-
-def check_repo_id(repo_id: str, what: str) -> str:
-    """``owner/name``, or a ``SpaceError`` saying what was expected."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    text = str(repo_id or "").strip()
-    owner, _, name = text.partition("/")
-    try:
-        if not owner or not name or "/" in name:
-            raise HFValidationError("not owner/name")
-        validate_repo_id(text)
-    except HFValidationError:
-        raise SpaceError(f"{what} {repo_id!r} is not a Hub repo id; give <user or org>/<name>, "
-                         f"e.g. me/LoRA-WiSE") from None
-    return text
 
 
 def space_requirements() -> list[str]:
@@ -288,13 +273,11 @@ def deploy_space(space_id: str, dataset: str, results_repo: str, private: bool =
         if dry_run:
             return result
         if api is None:
-            from huggingface_hub import HfApi, get_token
+            from huggingface_hub import HfApi
 
-            if get_token() is None:
-                raise SpaceError("no Hugging Face token found: log in with `hf auth login` or set HF_TOKEN "
-                                 "(a token with write access), then deploy again")
+            require_token(f"deploy the Space {space_id}")
             api = HfApi()
-        try:
+        with talking_to_hub(f"deploy the Space {space_id}"):
             api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
             # variables first: the upload starts the Space's build, which then sees them
             for key, value in variables.items():
@@ -302,13 +285,6 @@ def deploy_space(space_id: str, dataset: str, results_repo: str, private: bool =
             api.upload_folder(repo_id=space_id, repo_type="space", folder_path=folder,
                               ignore_patterns=IGNORE_PATTERNS, delete_patterns=[f"{PACKAGE}/*"],
                               commit_message="LoRA-WiSE leaderboard: deploy")
-        except Exception as exc:  # noqa: BLE001 - the Hub's errors, re-raised with what to do
-            name = type(exc).__name__
-            if name in ("HfHubHTTPError", "RepositoryNotFoundError", "LocalTokenNotFoundError") or "401" in str(exc):
-                raise SpaceError(f"the Hub refused the deployment to {space_id} ({name}: {exc}); check that you "
-                                 f"are logged in (`hf auth login`) with a token that can write to "
-                                 f"{space_id.split('/')[0]}'s Spaces") from exc
-            raise
         result.notes.append(f"the Space needs an HF_TOKEN secret that can write to {results_repo}: add it under "
                             f"Settings > Variables and secrets of {result.url} if it has none")
         return result

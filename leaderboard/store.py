@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 from lora_wise.cache import cache_dir
 from lora_wise.errors import StoreError
+from lora_wise.hub import check_repo_id, talking_to_hub
 
 from .entries import Entry
 
@@ -206,8 +207,7 @@ class HubDatasetStore:
     prefix = "entries"
 
     def __init__(self, repo_id: str, api=None, token: str | None = None, private: bool | None = None):
-        if not repo_id or repo_id.count("/") != 1:
-            raise StoreError(f"results repo {repo_id!r} is not a Hub repo id; give `user/name` of a dataset repo")
+        repo_id = check_repo_id(repo_id, "results repo")
         if api is None:
             from huggingface_hub import HfApi
 
@@ -226,7 +226,7 @@ class HubDatasetStore:
     def append(self, entry: Entry) -> Entry:
         """Upload the entry as a new file (one commit); an existing path is never overwritten."""
         path = self.path_of(entry)
-        try:
+        with talking_to_hub(f"store the entry in {self.location}"):
             if not self._created:
                 self.api.create_repo(self.repo_id, repo_type="dataset", exist_ok=True, private=self.private)
                 self._created = True
@@ -236,11 +236,6 @@ class HubDatasetStore:
             self.api.upload_file(path_or_fileobj=entry.to_json().encode(), path_in_repo=path,
                                  repo_id=self.repo_id, repo_type="dataset",
                                  commit_message=f"Leaderboard: {entry.method} on {entry.config}/{entry.split}")
-        except StoreError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - network, auth, quota: one clear message
-            raise StoreError(f"cannot store the entry in {self.location} ({type(exc).__name__}: {exc}); check "
-                             f"the repo id and that HF_TOKEN can write to it") from None
         with self._lock:
             self._cache[path] = entry
         return entry
@@ -256,7 +251,7 @@ class HubDatasetStore:
 
     def entries(self, config: str | None = None, split: str | None = None) -> list[Entry]:
         """Every entry file of the repo (downloaded once each), oldest first."""
-        try:
+        with talking_to_hub(f"read the leaderboard from {self.location}"):
             files = self._files()
             if config is not None:
                 files = [f for f in files if f.startswith(f"{self.prefix}/{config}/")]
@@ -271,9 +266,6 @@ class HubDatasetStore:
                     with self._lock:
                         self._cache[name] = entry
                 out.append(entry)
-        except Exception as exc:  # noqa: BLE001
-            raise StoreError(f"cannot read the leaderboard from {self.location} ({type(exc).__name__}: {exc}); "
-                             f"check the repo id and your access to it") from None
         out = [e for e in out if (config is None or e.config == config) and (split is None or e.split == split)]
         return sorted(out, key=lambda e: e.time)
 

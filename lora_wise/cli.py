@@ -62,7 +62,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean 'bad input', printed as one line rather than a traceback."""
-    return (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError)
+    from .errors import LoRAWiSEError
+
+    return (LoRAWiSEError, ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import textwrap
@@ -45,6 +44,7 @@ from .configs import BenchmarkConfig, UnknownConfigError, get_config
 from .layout import (DATA, DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir, data_path,
                      read_card_data_files, render_card, shard_name, shard_paths, shard_pattern, write_card,
                      write_shards)
+from .hub import is_repo_id, talking_to_hub
 from .lora import LoRAWeights, is_lora_key, peft_safetensors, read_lora
 from .schema import SPLITS, model_id
 from .splits import standard_split
@@ -57,7 +57,6 @@ PUBLISHED_SPLIT = "train"
 LABEL, NAME = "label", "name"
 #: Rows converted per Arrow batch while importing (memory: batch x one model's nested lists).
 IMPORT_BATCH_ROWS = 2
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 # --------------------------------------------------------------------------- naming
@@ -154,7 +153,7 @@ def download_published(repo: str = PUBLISHED_REPO, subsets: Iterable[str] | None
 
     folder = cache_dir("published", repo.replace("/", "--"))
     api = HfApi()
-    try:
+    with talking_to_hub(f"download {repo}"):
         api.hf_hub_download(repo, "README.md", repo_type="dataset", local_dir=folder)
         declared = _declared_data_files(folder)
         wanted = list(subsets) if subsets else list(declared)
@@ -164,11 +163,6 @@ def download_published(repo: str = PUBLISHED_REPO, subsets: Iterable[str] | None
             for subset in wanted:
                 patterns += declared.get(subset) or [f"{subset}/**", f"{data_path(subset)}/**"]
         api.snapshot_download(repo, repo_type="dataset", allow_patterns=patterns, local_dir=folder)
-    except Exception as exc:  # noqa: BLE001 - any Hub or network failure gets the same advice
-        raise RuntimeError(
-            f"could not download {repo} from the Hugging Face Hub ({type(exc).__name__}: {exc}). Check the "
-            f"repo id and your connection, or download it yourself (`hf download {repo} --repo-type dataset "
-            f"--local-dir LoRA-WiSE-published`) and pass that folder.") from exc
     return folder
 
 
@@ -417,7 +411,7 @@ def import_official(src: str | os.PathLike, out: str | os.PathLike, subsets: Ite
         root = Path(src_text)
         if not root.is_dir():
             raise ValueError(f"{root} is a file; pass the folder holding the published subsets")
-    elif _HUB_ID.match(src_text):
+    elif is_repo_id(src_text):
         root = download_published(src_text, subsets or None)
     else:
         raise FileNotFoundError(f"{src_text}: no such folder, and not a Hub dataset id like {PUBLISHED_REPO}")

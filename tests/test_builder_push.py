@@ -11,6 +11,7 @@ from fake_hub import SECRET, RecordingHfApi, install
 from lora_wise.builder.push import PushError, push
 from lora_wise.builder.write import BUILD_DIR
 from lora_wise.cli import main
+from lora_wise.errors import RepoIdError
 
 
 
@@ -73,7 +74,7 @@ def test_no_token_is_a_clear_error(folder, monkeypatch, tmp_path, capsys):
 def test_folder_problems_are_refused_before_any_upload(folder, tmp_path, fake_hub):
     with pytest.raises(PushError, match="does not exist"):
         push(tmp_path / "nowhere", "me/x")
-    with pytest.raises(PushError, match="<user or org>/<name>"):
+    with pytest.raises(RepoIdError, match="<user or org>/<name>"):
         push(folder, "no-slash")
     (tmp_path / "empty").mkdir()
     with pytest.raises(PushError, match="no built LoRA-WiSE config"):

@@ -21,9 +21,10 @@ import yaml
 
 from fake_hub import SECRET, install
 from lora_wise.leaderboard.baselines import REFERENCE_METHODS, SEED_ENV, seed_baselines
-from lora_wise.leaderboard.space import LEFT_OUT, SpaceError, assemble_space, deploy_space, space_requirements
+from lora_wise.leaderboard.space import LEFT_OUT, assemble_space, deploy_space, space_requirements
 from lora_wise.leaderboard.store import SQLiteStore, StoreError
 from lora_wise.cli import main
+from lora_wise.errors import RepoIdError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,9 +185,9 @@ def test_dry_run_lists_the_files_and_calls_nothing(monkeypatch, tmp_path, capsys
 
 
 def test_bad_ids_and_foreign_folders_are_refused_before_any_call(fake_hub, tmp_path, capsys):
-    with pytest.raises(SpaceError, match="Space id 'board' is not a Hub repo id"):
+    with pytest.raises(RepoIdError, match="Space id 'board' is not a Hub repo id"):
         deploy_space("board", "me/LoRA-WiSE", "me/results")
-    with pytest.raises(SpaceError, match="dataset 'lora-wise' is not a Hub repo id"):
+    with pytest.raises(RepoIdError, match="dataset 'lora-wise' is not a Hub repo id"):
         deploy_space("me/board", "lora-wise", "me/results")
     foreign = tmp_path / "project"
     foreign.mkdir()

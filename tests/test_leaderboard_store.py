@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lora_wise.errors import HubConnectionError, RepoIdError
 from lora_wise.leaderboard.entries import Entry
 from lora_wise.leaderboard.store import HubDatasetStore, SQLiteStore, StoreError, default_db_path, open_store
 from lora_wise.leaderboard.scoring import submit
@@ -85,7 +86,7 @@ def test_default_path_and_environment(tmp_path, monkeypatch):
     assert isinstance(open_store(db=tmp_path / "arg.sqlite"), SQLiteStore)  # an explicit --db wins
     with pytest.raises(StoreError, match="not both"):
         open_store(db=tmp_path / "x.sqlite", repo="a/b")
-    with pytest.raises(StoreError, match="not a Hub repo id"):
+    with pytest.raises(RepoIdError, match="not a Hub repo id"):
         open_store(repo="no-slash", api=FakeHfApi(tmp_path / "hub"))
 
 
@@ -232,6 +233,7 @@ def test_hub_store_failure_is_a_clear_error(tmp_path):
     api = FakeHfApi(tmp_path / "hub")
     api.fail_uploads = True
     store = HubDatasetStore("someone/results", api=api)
-    with pytest.raises(StoreError, match=r"cannot store the entry in hf://datasets/someone/results.*HF_TOKEN"):
+    with pytest.raises(HubConnectionError, match=r"could not reach the Hugging Face Hub to store the entry in "
+                                                 r"hf://datasets/someone/results \(ConnectionError: the Hub is unreachable\)"):
         store.append(make_entry())
     assert store.entries() == []

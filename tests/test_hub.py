@@ -1,0 +1,67 @@
+"""The Hub helper: repo ids by huggingface_hub's validator, the token, and Hub failures known by their type."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import requests
+from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalTokenNotFoundError,
+                                    RepositoryNotFoundError)
+
+from lora_wise import hub
+from lora_wise.errors import (HubAuthError, HubConnectionError, HubError, HubNotFoundError, LoRAWiSEError,
+                              RepoIdError)
+
+
+def http_error(cls, status: int):
+    request = httpx.Request("POST", "https://huggingface.co/api/repos/create")
+    return cls(f"{status} Client Error\nRequest ID: abc", response=httpx.Response(status, request=request))
+
+
+@pytest.mark.parametrize("text,ok", [("me/LoRA-WiSE", True), (" me/x ", True), ("no-slash", False),
+                                     ("a/b/c", False), ("me/bad..name", False), ("me/", False), ("", False)])
+def test_repo_ids(text, ok):
+    assert hub.is_repo_id(text.strip()) is ok
+    if ok:
+        assert hub.check_repo_id(text, "dataset") == text.strip()
+    else:
+        with pytest.raises(RepoIdError, match=r"dataset .* is not a Hub repo id; give <user or org>/<name>"):
+            hub.check_repo_id(text, "dataset")
+
+
+@pytest.mark.parametrize("exc,kind,says", [
+    (http_error(HfHubHTTPError, 401), HubAuthError, "hf auth login"),
+    (http_error(RepositoryNotFoundError, 403), HubAuthError, "hf auth login"),
+    (http_error(GatedRepoError, 403), HubAuthError, "gated"),
+    (LocalTokenNotFoundError("no token"), HubAuthError, "hf auth login"),
+    (http_error(RepositoryNotFoundError, 404), HubNotFoundError, "check the repo id"),
+    (httpx.ConnectError("connection refused"), HubConnectionError, "check your connection"),
+    (requests.exceptions.ConnectionError("DNS"), HubConnectionError, "check your connection"),
+    (http_error(HfHubHTTPError, 500), HubError, "try again later"),
+])
+def test_hub_failures_are_known_by_type_and_name_the_fix(exc, kind, says):
+    error = hub.translate(exc, "upload to me/x")
+    assert type(error) is kind and isinstance(error, LoRAWiSEError)
+    text = str(error)
+    assert says in text and "me/x" in text and "\n" not in text  # one line, naming the fix
+
+
+def test_other_exceptions_are_not_hub_failures():
+    assert hub.translate(RuntimeError("401 in a message is no Hub error"), "upload to me/x") is None
+    assert hub.translate(KeyError("x"), "upload to me/x") is None
+    with pytest.raises(RuntimeError, match="a bug"):
+        with hub.talking_to_hub("upload to me/x"):
+            raise RuntimeError("a bug")
+    with pytest.raises(HubAuthError) as raised:
+        with hub.talking_to_hub("upload to me/x"):
+            raise http_error(HfHubHTTPError, 401)
+    assert isinstance(raised.value.__cause__, HfHubHTTPError)
+
+
+def test_no_token_is_an_auth_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    with pytest.raises(HubAuthError, match="no Hugging Face token found to push to me/x: log in with `hf auth login`"):
+        hub.require_token("push to me/x")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    assert hub.require_token("push to me/x") == "hf_secret"
