@@ -33,7 +33,7 @@ from pathlib import Path
 
 from lora_wise.cache import cache_dir
 from lora_wise.configs import MINIATURE
-from lora_wise.errors import BackboneError
+from lora_wise.errors import BackboneError, DeviceError
 
 #: Bump when the miniature architecture or its pre-training changes: old caches are then ignored.
 MINI_VERSION = 2
@@ -334,7 +334,7 @@ def pick_device(device: str | None = None) -> str:
 
     if device:
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} was asked for but CUDA is not available; "
+            raise DeviceError(f"device {device!r} was asked for but CUDA is not available; "
                                f"pass --device cpu or run on a machine with a GPU.")
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"

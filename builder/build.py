@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from lora_wise.configs import MINIATURE, MINIATURE_CONFIGS, BenchmarkConfig, get_config
+from lora_wise.errors import OptionError
 from lora_wise.layout import DEFAULT_MAX_SHARD_BYTES
 
 from .backbones import DEFAULT_MINI_SPEC, MiniBackboneSpec, backbone_info, resolve_backbone
@@ -205,7 +206,7 @@ def _local_workers(options: BuildOptions, device: str, backbone_source: str, thr
 
     if options.workers is not None:
         if options.workers < 1:
-            raise ValueError(f"--workers must be at least 1, not {options.workers}")
+            raise OptionError(f"--workers must be at least 1, not {options.workers}")
         return options.workers
     if device == "cpu" and backbone_info(backbone_source) is not None:
         return max(1, torch.get_num_threads() // max(threads or 1, 1))
@@ -243,7 +244,7 @@ def _group_size(options: BuildOptions, plan: _ConfigPlan, source: str, trainers:
 
     if options.batch_models is not None:
         if options.batch_models < 1:
-            raise ValueError(f"--batch-models must be at least 1, not {options.batch_models}")
+            raise OptionError(f"--batch-models must be at least 1, not {options.batch_models}")
         return options.batch_models
     if not trainers.device.startswith("cuda"):
         return DEFAULT_CPU_GROUP_SIZE

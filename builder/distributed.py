@@ -40,6 +40,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from lora_wise.errors import BuildError, MissingDependencyError, OptionError
+
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -47,10 +49,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N``; a clear error otherwise."""
     match = _SHARD.match(text or "")
     if not match:
-        raise ValueError(f"--shard takes INDEX/COUNT, e.g. 0/4 for the first of four shards, not {text!r}")
+        raise OptionError(f"--shard takes INDEX/COUNT, e.g. 0/4 for the first of four shards, not {text!r}")
     index, count = int(match[1]), int(match[2])
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard {text}: the index must be between 0 and COUNT-1 (COUNT >= 1), e.g. "
+        raise OptionError(f"--shard {text}: the index must be between 0 and COUNT-1 (COUNT >= 1), e.g. "
                          f"0/{max(count, 1)} .. {max(count, 1) - 1}/{max(count, 1)}")
     return index, count
 
@@ -77,7 +79,7 @@ def _import_ray():
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - ray is in the `distributed` extra
-        raise RuntimeError("--ray needs Ray: pip install 'lora-wise[distributed]' (or pip install ray), "
+        raise MissingDependencyError("--ray needs Ray: pip install 'lora-wise[distributed]' (or pip install ray), "
                            "or build without --ray.") from exc
     return ray
 
@@ -93,7 +95,7 @@ def connect_ray(address: str | None = None):
         try:
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise RuntimeError(f"could not connect to the Ray cluster at {address or 'RAY_ADDRESS/local'}: {exc}. "
+            raise BuildError(f"could not connect to the Ray cluster at {address or 'RAY_ADDRESS/local'}: {exc}. "
                                f"Start one with `ray start --head`, pass its address to --ray, or drop --ray.") from exc
     return ray
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from lora_wise.configs import BenchmarkConfig
+from lora_wise.errors import OptionError
 from lora_wise.schema import model_id
 from lora_wise.splits import standard_split
 
@@ -100,7 +101,7 @@ def groups_of(models: Sequence[PlannedModel], group_size: int) -> list[list[Plan
     cut again from whole groups put back to back (a shard's share), they come out unchanged.
     """
     if group_size < 1:
-        raise ValueError(f"--batch-models must be at least 1, not {group_size}")
+        raise OptionError(f"--batch-models must be at least 1, not {group_size}")
     groups: list[list[PlannedModel]] = []
     for model in models:
         if groups and len(groups[-1]) < group_size and group_key(groups[-1][0].job) == group_key(model.job):

@@ -20,8 +20,9 @@ import numpy as np
 
 from .cache import cache_dir
 from .configs import BenchmarkConfig, canonical_name, get_config
-from .errors import DatasetLayoutError, UnknownConfigError
+from .errors import DatasetLayoutError, NotFoundError, UnknownConfigError
 from .features import FeatureTable
+from .hub import is_repo_id, talking_to_hub
 from .layout import read_card_data_files
 from .lora import LoRAWeights, read_lora
 from .schema import COLUMNS, LABEL_COLUMNS, SPLITS
@@ -78,10 +79,17 @@ def load_benchmark(path: str | os.PathLike, config: str, split: str | None = Non
                                      f"the folder is incomplete: rerun the build to finish it")
         loaded = datasets.load_dataset("parquet", data_files=files, split=split, cache_dir=cache,
                                        columns=columns, streaming=streaming)
+    elif not is_repo_id(where):
+        raise NotFoundError(f"{where}: no such folder, and not a Hub dataset repo id (<user or org>/<name>); give a "
+                            f"LoRA-WiSE folder (`lora-wise build --out {where}` makes one) or a Hub repo id")
     else:
         try:
-            loaded = datasets.load_dataset(where, name, split=split, cache_dir=cache, columns=columns,
-                                           streaming=streaming)
+            with talking_to_hub(f"load {where}"):
+                loaded = datasets.load_dataset(where, name, split=split, cache_dir=cache, columns=columns,
+                                               streaming=streaming)
+        except datasets.exceptions.DatasetNotFoundError as exc:
+            raise NotFoundError(f"{where}: no such folder, and no dataset of that id on the Hub (a private one "
+                                f"needs `hf auth login`); give a LoRA-WiSE folder or Hub dataset repo id") from exc
         except ValueError as exc:
             if "not found" in str(exc).lower() or "config" in str(exc).lower():
                 raise UnknownConfigError(f"{where} has no config {name!r} ({exc}).") from exc

@@ -11,7 +11,6 @@ any other exception is a bug and shows its traceback.
 
     LoRAWiSEError
     ├── OptionError (ValueError)              an option's value is not allowed (method, k, protocol, ...)
-    ├── ConfigError (ValueError)              a benchmark config cannot be defined or registered
     ├── UnknownConfigError (KeyError)         no config of that name; the message suggests close ones
     ├── NotFoundError (FileNotFoundError)     a named file, folder or dataset does not exist
     ├── DatasetLayoutError (ValueError)       a dataset does not hold what was asked (config, split, step)
@@ -50,14 +49,10 @@ class LoRAWiSEError(Exception):
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
-# --------------------------------------------------------------------------- options and configs
+# --------------------------------------------------------------------------- options and config names
 
 class OptionError(LoRAWiSEError, ValueError):
     """An option or argument has a value that is not allowed; the message lists the allowed ones."""
-
-
-class ConfigError(LoRAWiSEError, ValueError):
-    """A benchmark config is inconsistent, or cannot be registered under its name."""
 
 
 class UnknownConfigError(LoRAWiSEError, KeyError):

@@ -41,7 +41,7 @@ import numpy as np
 
 from .baselines import get_baseline
 from .configs import BenchmarkConfig, get_config, iter_configs
-from .errors import IncompatibleLoRAError
+from .errors import IncompatibleLoRAError, OptionError
 from .features import FeatureTable, extract
 from .lora import LoRASource, LoRAWeights, read_lora
 
@@ -183,7 +183,7 @@ class DatasetSizeEstimator:
     def __init__(self, table: FeatureTable, profile: ReferenceProfile, config: str | BenchmarkConfig,
                  method: str = "dsire", **options):
         if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}: choose {', '.join(METHODS)}")
+            raise OptionError(f"unknown method {method!r}: choose {', '.join(METHODS)}")
         self.table, self.profile = table, profile
         self.config = get_config(config) if isinstance(config, str) else config
         self.method, self.options = method, options

@@ -37,7 +37,8 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from .lora import LoRAFormatError, LoRAWeights
+from .errors import DatasetLayoutError, LoRAFormatError
+from .lora import LoRAWeights
 
 #: The matrices DSiRe reads per layer.
 MATRICES: tuple[str, ...] = ("A", "B", "BA")
@@ -330,7 +331,7 @@ class FeatureTable:
             for key in ("model_id", "dataset_size", "micro_dataset_index", "step"):
                 meta[key].append(labels[key])
         if layer_names is None:
-            raise ValueError("no models to build a feature table from")
+            raise DatasetLayoutError("no models to build a feature table from")
         return cls(
             layer_names=layer_names, rank=extractor.rank,
             sv={m: np.stack(chunks["sv_" + m]) for m in MATRICES},

@@ -41,6 +41,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .configs import BenchmarkConfig, UnknownConfigError, get_config
+from .errors import DatasetLayoutError, NotFoundError, OptionError, PublishedLayoutError
 from .layout import (DATA, DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir, data_path,
                      read_card_data_files, render_card, shard_name, shard_paths, shard_pattern, write_card,
                      write_shards)
@@ -85,7 +86,7 @@ def micro_dataset_of(cfg: BenchmarkConfig, name) -> tuple[int, str]:
     if cfg.micro_dataset_names:
         key = str(name)
         if key not in cfg.micro_dataset_names:
-            raise ValueError(
+            raise PublishedLayoutError(
                 f"name {name!r} is not one of the {count} micro-datasets of {cfg.name} (they are "
                 f"{', '.join(cfg.micro_dataset_names[:3])}, ...; `lora_wise.configs.get_config({cfg.name!r})"
                 f".micro_dataset_names` lists them); is the subset name right?")
@@ -96,7 +97,7 @@ def micro_dataset_of(cfg: BenchmarkConfig, name) -> tuple[int, str]:
     elif isinstance(name, str) and name.strip().isdigit():
         number = int(name)
     if number is None or not 1 <= number <= count:
-        raise ValueError(f"name {name!r} is not a micro-dataset number of {cfg.name}: the published layout "
+        raise PublishedLayoutError(f"name {name!r} is not a micro-dataset number of {cfg.name}: the published layout "
                          f"numbers them 1..{count}; is the subset name right?")
     return number - 1, str(number)
 
@@ -178,19 +179,19 @@ def _cell_array(cell, key: str, where: str) -> tuple[np.ndarray, bool]:
     import pyarrow.compute as pc
 
     if cell.null_count:
-        raise ValueError(f"{where}: tensor column {key!r} is empty (null); the row is incomplete")
+        raise PublishedLayoutError(f"{where}: tensor column {key!r} is empty (null); the row is incomplete")
     shape, level = [], cell
     while pa.types.is_list(level.type) or pa.types.is_large_list(level.type) \
             or pa.types.is_fixed_size_list(level.type):
         lengths = pc.list_value_length(level)
         low, high = pc.min_max(lengths).values()
         if level.null_count or (len(level) and low.as_py() != high.as_py()):
-            raise ValueError(f"{where}: tensor column {key!r} is not a rectangular matrix (rows of "
+            raise PublishedLayoutError(f"{where}: tensor column {key!r} is not a rectangular matrix (rows of "
                              f"lengths {low} to {high}, or null rows); the row is corrupt")
         shape.append(high.as_py() if len(level) else 0)
         level = level.flatten()
     if not (pa.types.is_floating(level.type) or pa.types.is_integer(level.type)):
-        raise ValueError(f"{where}: tensor column {key!r} holds {level.type} values, not numbers")
+        raise PublishedLayoutError(f"{where}: tensor column {key!r} holds {level.type} values, not numbers")
     values = level.to_numpy(zero_copy_only=False)
     array = values.astype(np.float32)
     rounded = values.dtype == np.float64 and not np.array_equal(array.astype(np.float64), values,
@@ -241,7 +242,7 @@ class _PublishedReader:
             hint = ("it is already in LoRA-WiSE's own layout: load it with `lora_wise.load_benchmark`"
                     if "lora" in columns and "model_id" in columns
                     else "the published layout has `label`, `name` and one column per LoRA tensor")
-            raise ValueError(f"{subset} ({files[0]}) lacks the column{'s' if len(missing) > 1 else ''} "
+            raise PublishedLayoutError(f"{subset} ({files[0]}) lacks the column{'s' if len(missing) > 1 else ''} "
                              f"{', '.join(missing)} (columns: {', '.join(columns[:6])}"
                              f"{', ...' if len(columns) > 6 else ''}); {hint}.")
         import pyarrow as pa
@@ -252,7 +253,7 @@ class _PublishedReader:
         self.tensor_columns = [c for c in nested if is_lora_key(c)]
         self.ignored = [c for c in columns if c not in (LABEL, NAME) and c not in self.tensor_columns]
         if not self.tensor_columns:
-            raise ValueError(f"{subset} ({files[0]}) has no LoRA tensor columns: expected nested-list columns "
+            raise PublishedLayoutError(f"{subset} ({files[0]}) has no LoRA tensor columns: expected nested-list columns "
                              f"named like `unet.<module>.lora.down.weight`; found "
                              f"{', '.join(c for c in columns if c not in (LABEL, NAME)) or 'none'}.")
 
@@ -267,12 +268,12 @@ class _PublishedReader:
             for label, name in zip(table.column(LABEL).to_pylist(), table.column(NAME).to_pylist()):
                 where = f"{self.subset} row {len(models)} ({path.name})"
                 if not _positive_int(label) or name is None:
-                    raise ValueError(f"{where}: label {label!r} / name {name!r}: every row needs a positive "
+                    raise PublishedLayoutError(f"{where}: label {label!r} / name {name!r}: every row needs a positive "
                                      f"integer label (its dataset size) and a name")
                 index, micro = micro_dataset_of(cfg, name)
                 identity = model_id(cfg.name, micro, int(label))
                 if identity in seen:
-                    raise ValueError(f"{where}: a second model for micro-dataset {name!r} with {label} images "
+                    raise PublishedLayoutError(f"{where}: a second model for micro-dataset {name!r} with {label} images "
                                      f"(first at row {seen[identity]}); the subset holds duplicates: keep one "
                                      f"row per (name, label)")
                 seen[identity] = len(models)
@@ -345,10 +346,10 @@ def _import_subset(subset: str, files: list[Path], out: Path, staging: Path, bat
                 layers = tuple(weights)
             elif tuple(weights) != layers:
                 missing = sorted(set(layers) - set(weights))
-                raise ValueError(f"{where}: adapts other layers than the first row (missing "
+                raise PublishedLayoutError(f"{where}: adapts other layers than the first row (missing "
                                  f"{missing[:3]}); every model of a subset must adapt the same layers")
             if weights.ranks != {cfg.rank}:
-                raise ValueError(f"{where}: LoRA of rank {'/'.join(map(str, sorted(weights.ranks)))} but "
+                raise PublishedLayoutError(f"{where}: LoRA of rank {'/'.join(map(str, sorted(weights.ranks)))} but "
                                  f"{cfg.name} has rank {cfg.rank}; is the subset name right?")
             lora = peft_safetensors(weights, alpha=cfg.lora_alpha)
             row_bytes = len(lora) + ROW_LABEL_BYTES
@@ -410,29 +411,29 @@ def import_official(src: str | os.PathLike, out: str | os.PathLike, subsets: Ite
     if os.path.exists(src_text):
         root = Path(src_text)
         if not root.is_dir():
-            raise ValueError(f"{root} is a file; pass the folder holding the published subsets")
+            raise PublishedLayoutError(f"{root} is a file; pass the folder holding the published subsets")
     elif is_repo_id(src_text):
         root = download_published(src_text, subsets or None)
     else:
-        raise FileNotFoundError(f"{src_text}: no such folder, and not a Hub dataset id like {PUBLISHED_REPO}")
+        raise NotFoundError(f"{src_text}: no such folder, and not a Hub dataset id like {PUBLISHED_REPO}")
     found = published_subsets(root)
     if subsets:
         wanted = subsets
         absent = [s for s in wanted if s not in found]
         if absent:
-            raise ValueError(f"{src_text} has no subset {', '.join(absent)}; it has "
+            raise PublishedLayoutError(f"{src_text} has no subset {', '.join(absent)}; it has "
                              f"{', '.join(found) or 'none'} (looked in README.md's `configs:`, <subset>/ and "
                              f"data/<subset>/ folders of *.parquet files).")
     else:
         wanted = [s for s in found if _is_config(s)]
         if not wanted:
-            raise ValueError(f"{src_text} holds no published subset: expected README.md `configs:` YAML or "
+            raise PublishedLayoutError(f"{src_text} holds no published subset: expected README.md `configs:` YAML or "
                              f"folders named like {', '.join(PUBLISHED_SUBSETS[:3])}, ... (<subset>/ or "
                              f"data/<subset>/) holding *.parquet files.")
     configs = [get_config(s).name for s in wanted]
     clash = [c for c, n in Counter(configs).items() if n > 1]
     if clash:
-        raise ValueError(f"several subsets map to config {clash[0]}; import them one at a time with --subset")
+        raise PublishedLayoutError(f"several subsets map to config {clash[0]}; import them one at a time with --subset")
     out.mkdir(parents=True, exist_ok=True)
     staging = out / f".import-staging-{os.getpid()}"
     results = []
@@ -548,7 +549,7 @@ def export_official(dataset: str | os.PathLike, config: str, out: str | os.PathL
             if layers is None:
                 layers = tuple(weights)
             elif tuple(weights) != layers:
-                raise ValueError(f"{labels['model_id']} adapts other layers than the first model; the "
+                raise DatasetLayoutError(f"{labels['model_id']} adapts other layers than the first model; the "
                                  f"published layout needs one column set per subset")
             scales |= {1.0 if layer.scale is None else round(layer.scale, 6) for layer in weights.values()}
             row_bytes = sum(layer.A.nbytes + layer.B.nbytes for layer in weights.values())
@@ -634,7 +635,7 @@ def register(commands) -> None:
 
 def _cmd_import(args) -> int:
     if args.batch_rows < 1:
-        raise ValueError("--batch-rows must be at least 1")
+        raise OptionError("--batch-rows must be at least 1")
     results = import_official(args.src, args.out, args.subset, batch_rows=args.batch_rows)
     for result in results:
         print(result.format())

@@ -44,7 +44,7 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
-from .errors import LoRAFormatError, PickleRefusedError
+from .errors import LoRAFormatError, NotFoundError, PickleRefusedError
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 #: File names diffusers and PEFT give LoRA weights inside a folder.
@@ -139,7 +139,7 @@ def _read_path(path: Path) -> LoRAWeights:
                 f"{len(found)}{': ' + ', '.join(p.name for p in found) if found else ''}; pass the file itself.")
         path = found[0]
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such LoRA file")
+        raise NotFoundError(f"{path}: no such LoRA file")
     data = path.read_bytes()
     weights = _read_bytes(data, str(path))
     adapter_config = path.with_name("adapter_config.json")

@@ -17,6 +17,7 @@ import numpy as np
 
 from .baselines import LayerwiseVote, get_baseline, parse_matrices
 from .configs import BenchmarkConfig, get_config
+from .errors import DatasetLayoutError, OptionError
 from .features import MATRICES, FeatureTable
 from .metrics.dataset_size_recovery.scores import compute_metrics
 from .paper import PaperResult, paper_result
@@ -124,7 +125,7 @@ def run_protocol(table: FeatureTable, config: str | BenchmarkConfig, method: str
     """
     cfg = get_config(config) if isinstance(config, str) else config
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}: choose {' or '.join(PROTOCOLS)}")
+        raise OptionError(f"unknown protocol {protocol!r}: choose {' or '.join(PROTOCOLS)}")
     template = get_baseline(method, **options) if isinstance(method, str) else method
     steps = np.unique(table.steps)
     result = ProtocolResult(method=template.name, params=template.params(), config=cfg, protocol=protocol,
@@ -134,7 +135,7 @@ def run_protocol(table: FeatureTable, config: str | BenchmarkConfig, method: str
         train_rows, test_rows = table.rows_of(train_ids), table.rows_of(split.test)
         if len(train_rows) == 0 or len(test_rows) == 0:
             side = "train" if len(train_rows) == 0 else "test"
-            raise ValueError(
+            raise DatasetLayoutError(
                 f"draw {i} of {cfg.name} has no {side} models among the {len(table)} models read "
                 f"(its {side} micro-datasets: {sorted(split.train if side == 'train' else split.test)}); "
                 f"build more micro-datasets (`lora-wise build --config {cfg.name}`)")

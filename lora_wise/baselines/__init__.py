@@ -7,6 +7,7 @@
 * ``nn-full-model`` -- :class:`NNFullModel`, one k-NN on all layers (Table 5).
 """
 
+from ..errors import OptionError
 from .dsire import DSiRe
 from .frobenius import FrobeniusNN
 from .full_model import NNFullModel
@@ -20,7 +21,7 @@ def get_baseline(name: str, **options) -> LayerwiseVote:
     try:
         cls = BASELINES[name]
     except KeyError:
-        raise ValueError(f"unknown baseline {name!r}: choose from {', '.join(BASELINES)}") from None
+        raise OptionError(f"unknown baseline {name!r}: choose from {', '.join(BASELINES)}") from None
     return cls(**options)
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import DatasetLayoutError, IncompatibleLoRAError, OptionError
 from ..features import MATRICES, FeatureTable
 
 VOTES = ("majority", "average")
@@ -43,7 +44,7 @@ def parse_matrices(matrices) -> tuple[str, ...]:
     matrices = tuple(matrices)
     unknown = [m for m in matrices if m not in MATRICES]
     if unknown or not matrices:
-        raise ValueError(f"unknown matrices {unknown or matrices}: choose from {', '.join(MATRICES)} or 'all'")
+        raise OptionError(f"unknown matrices {unknown or matrices}: choose from {', '.join(MATRICES)} or 'all'")
     return matrices
 
 
@@ -74,15 +75,15 @@ class LayerwiseVote:
     def __init__(self, feature: str = "sv", matrices="all", k: int = 1, vote: str = "majority",
                  normalize: str = "global", classifier: str = "knn"):
         if feature not in ("sv", "norm"):
-            raise ValueError(f"feature must be 'sv' or 'norm', not {feature!r}")
+            raise OptionError(f"feature must be 'sv' or 'norm', not {feature!r}")
         if vote not in VOTES:
-            raise ValueError(f"vote must be one of {VOTES}, not {vote!r}")
+            raise OptionError(f"vote must be one of {VOTES}, not {vote!r}")
         if normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {normalize!r}")
+            raise OptionError(f"normalize must be one of {NORMALIZATIONS}, not {normalize!r}")
         if classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {classifier!r}")
+            raise OptionError(f"classifier must be one of {CLASSIFIERS}, not {classifier!r}")
         if int(k) < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
+            raise OptionError(f"k must be at least 1, not {k}")
         self.feature, self.matrices, self.k = feature, parse_matrices(matrices), int(k)
         self.vote, self.normalize, self.classifier = vote, normalize, classifier
         self._fitted = False
@@ -114,7 +115,7 @@ class LayerwiseVote:
 
     def fit(self, table: FeatureTable) -> "LayerwiseVote":
         if len(table) == 0:
-            raise ValueError("cannot fit on zero models: the training split is empty")
+            raise DatasetLayoutError("cannot fit on zero models: the training split is empty")
         x = self._features(table)
         if self.normalize == "global":
             self.low_, self.span_ = x.min(), x.max() - x.min()
@@ -140,11 +141,11 @@ class LayerwiseVote:
         if table.layer_names != self.layer_names_:
             missing = sorted(set(self.layer_names_) - set(table.layer_names))
             extra = sorted(set(table.layer_names) - set(self.layer_names_))
-            raise ValueError(f"the models to predict adapt other layers than the training models "
+            raise IncompatibleLoRAError(f"the models to predict adapt other layers than the training models "
                              f"(missing {missing[:3]}, extra {extra[:3]}); use references of the same backbone")
         x = (self._features(table) - self.low_) / self.span_
         if x.shape[2] != self.train_x_.shape[2]:
-            raise ValueError(f"feature length {x.shape[2]} differs from the training models' "
+            raise IncompatibleLoRAError(f"feature length {x.shape[2]} differs from the training models' "
                              f"{self.train_x_.shape[2]}: the LoRA ranks differ")
         return x
 
