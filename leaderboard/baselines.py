@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 
+from lora_wise.baselines import BASELINES, REFERENCE_BASELINES
+
 from .entries import predictions_sha256
 from .references import available_configs, default_dataset, load_references, resolve_config
 from .store import Store, open_store
@@ -23,7 +25,7 @@ from .submission import ParsedSubmission, SubmissionError
 from .scoring import SubmitResult, submit
 
 #: Baseline name in ``lora_wise.baselines`` -> method name on the leaderboard.
-REFERENCE_METHODS = {"dsire": "DSiRe (reference)", "frobenius-nn": "Frobenius-NN (reference)"}
+REFERENCE_METHODS = {name: f"{BASELINES[name].title} (reference)" for name in REFERENCE_BASELINES}
 REFERENCE_AUTHORS = "Salama, Kahana, Horwitz, Hoshen (2024)"
 REFERENCE_LINK = "https://arxiv.org/abs/2406.19395"
 #: ``1``: the app adds the reference baselines of configs that have none when it starts.

@@ -39,14 +39,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .baselines import get_baseline
+from .baselines import BASELINES, get_baseline
 from .configs import BenchmarkConfig, get_config, iter_configs
 from .errors import IncompatibleLoRAError, OptionError
 from .features import FeatureTable, extract
 from .lora import LoRASource, LoRAWeights, read_lora
 
-#: Methods ``predict`` offers (the names of :mod:`lora_wise.baselines`).
-METHODS = ("dsire", "frobenius-nn", "nn-full-model")
 #: How many layer names an error message lists before "...".
 SHOWN = 4
 
@@ -182,8 +180,8 @@ class DatasetSizeEstimator:
 
     def __init__(self, table: FeatureTable, profile: ReferenceProfile, config: str | BenchmarkConfig,
                  method: str = "dsire", **options):
-        if method not in METHODS:
-            raise OptionError(f"unknown method {method!r}: choose {', '.join(METHODS)}")
+        if method not in BASELINES:
+            raise OptionError(f"unknown method {method!r}: choose {', '.join(BASELINES)}")
         self.table, self.profile = table, profile
         self.config = get_config(config) if isinstance(config, str) else config
         self.method, self.options = method, options

@@ -28,11 +28,8 @@ every subset in the ``datasets`` Arrow cache.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import sys
-import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +38,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .configs import BenchmarkConfig, UnknownConfigError, get_config
-from .errors import DatasetLayoutError, NotFoundError, OptionError, PublishedLayoutError
+from .errors import DatasetLayoutError, NotFoundError, PublishedLayoutError
 from .layout import (DATA, DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir, data_path,
                      read_card_data_files, render_card, shard_name, shard_paths, shard_pattern, write_card,
                      write_shards)
@@ -575,100 +572,3 @@ def export_official(dataset: str | os.PathLike, config: str, out: str | os.PathL
         notes.append(f"the LoRAs' scale alpha/r is {', '.join(f'{s:g}' for s in sorted(scales))}; the published "
                      f"layout carries no alpha, so readers will assume 1")
     return ExportedSubset(subset=subset, config=cfg.name, models=count, files=final, notes=notes)
-
-
-# --------------------------------------------------------------------------- commands
-
-def _paragraph(text: str) -> str:
-    return textwrap.fill(text, width=88)
-
-
-def register(commands) -> None:
-    from .cli import add_command
-
-    p = add_command(
-        commands, "import-official", "convert the published LoRA-WiSE (Hub or folder) into this layout",
-        _paragraph("Convert subsets of the published LoRA-WiSE (label, name and nested-list tensor columns, one `train` "
-        f"split) into LoRA-WiSE's Hub layout with the standard train/test split, so `lora-wise baseline`, the "
-        f"metric and the leaderboard run on the published models. SRC is a folder (README `configs:` YAML, or "
-        f"<subset>/ or data/<subset>/ folders of Parquet files) or a Hub id such as {PUBLISHED_REPO}."))
-    p.add_argument("src", metavar="SRC", help=f"published-layout folder or Hub dataset id ({PUBLISHED_REPO})")
-    p.add_argument("out", metavar="OUT", help="LoRA-WiSE folder to write (created; other configs kept)")
-    p.add_argument("--subset", action="append", metavar="NAME",
-                   help=f"subset to import (repeatable; default: every subset found): {', '.join(PUBLISHED_SUBSETS)}")
-    p.add_argument("--batch-rows", type=int, default=IMPORT_BATCH_ROWS,
-                   help="rows converted per Arrow batch (memory grows with it)")
-    p.set_defaults(func=_cmd_import)
-
-    p = add_command(
-        commands, "export-official", "write one config in the published LoRA-WiSE layout",
-        _paragraph("Write CONFIG of a LoRA-WiSE dataset (folder or Hub id) as the published release lays it out: "
-        "OUT/data/<subset>/train-*.parquet with label, name and one nested-list column per LoRA tensor in the "
-        "old diffusers naming, at the config's checkpoint, and OUT/README.md so load_dataset(OUT, subset) works."))
-    p.add_argument("dataset", metavar="DATASET", help="LoRA-WiSE folder or Hub dataset id")
-    p.add_argument("config", metavar="CONFIG", help="config name or alias (see `lora-wise configs`)")
-    p.add_argument("out", metavar="OUT", help="folder to write (other subsets there are kept)")
-    p.set_defaults(func=_cmd_export)
-
-    from .estimate import METHODS
-
-    p = add_command(
-        commands, "predict", "estimate how many images fine-tuned a LoRA file",
-        _paragraph("Fit a baseline on every reference model of CONFIG and estimate the dataset size of each LoRA file "
-        "(safetensors in PEFT, diffusers or kohya naming; pickle files are refused). Prints the estimate, how "
-        "the layer-wise classifiers voted, the nearest reference models and the vote share. A LoRA that does "
-        "not match the references (layers, shapes, rank) is an error naming what differs."))
-    p.add_argument("loras", nargs="+", metavar="LORA", help=".safetensors file or a folder holding one")
-    p.add_argument("--reference", required=True, metavar="DATASET",
-                   help="LoRA-WiSE folder or Hub id holding reference models of the LoRA's backbone and rank")
-    p.add_argument("--config", required=True, help="config of the references (see `lora-wise configs`)")
-    p.add_argument("--method", choices=METHODS, default="dsire", help="baseline to fit")
-    p.add_argument("--k", type=int, default=1, help="neighbours per classifier")
-    p.add_argument("--matrices", default="all", help="A, B, BA, A+B, ... or all")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="when layers differ, estimate from the common layers (with a warning) instead of failing")
-    p.add_argument("--top", type=int, default=5, help="nearest reference models to list")
-    p.add_argument("--json", action="store_true",
-                   help="print JSON (an object for one LoRA, a list for several)")
-    p.set_defaults(func=_cmd_predict)
-
-
-def _cmd_import(args) -> int:
-    if args.batch_rows < 1:
-        raise OptionError("--batch-rows must be at least 1")
-    results = import_official(args.src, args.out, args.subset, batch_rows=args.batch_rows)
-    for result in results:
-        print(result.format())
-    print(f"wrote {args.out}; run e.g. `lora-wise baseline dsire {args.out} {results[0].config}`")
-    return 0
-
-
-def _cmd_export(args) -> int:
-    result = export_official(args.dataset, args.config, args.out)
-    print(result.format())
-    print(f"load it with `datasets.load_dataset({str(args.out)!r}, {result.subset!r})`")
-    return 0
-
-
-def _cmd_predict(args) -> int:
-    import warnings
-
-    from .estimate import DatasetSizeEstimator, EstimateWarning
-
-    loras = [(path, read_lora(path)) for path in args.loras]  # fail fast, before reading the references
-    estimator = DatasetSizeEstimator.from_reference(args.reference, args.config, args.method, progress=True,
-                                                    k=args.k, matrices=args.matrices)
-    results = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EstimateWarning)  # printed below, once
-        for path, weights in loras:
-            results.append(estimator.estimate(weights, allow_partial=args.allow_partial, name=path))
-    for result in results:
-        for note in result.warnings:
-            print(f"warning: {result.source}: {note}", file=sys.stderr)
-    if args.json:
-        payload = [r.to_dict() for r in results]
-        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
-    else:
-        print("\n\n".join(r.format(top=args.top) for r in results))
-    return 0

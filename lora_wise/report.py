@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .baselines import BASELINES, REFERENCE_BASELINES
 from .configs import BenchmarkConfig, get_config
 from .features import FeatureTable
 from .metrics.dataset_size_recovery.scores import compute_metrics
 from .paper import paper_counterpart
 from .protocol import ProtocolResult, run_protocol
 
-METHODS = ("dsire", "frobenius-nn")
-METHOD_NAMES = {"dsire": "DSiRe", "frobenius-nn": "Frobenius-NN", "nn-full-model": "NN-full-model"}
+METHODS = REFERENCE_BASELINES
+METHOD_NAMES = {name: cls.title for name, cls in BASELINES.items()}
 
 
 @dataclass

@@ -1,9 +1,12 @@
-"""The `lora-wise` command: help, configs, baseline, and one-line errors with exit status 2."""
+"""The `lora-wise` command: help, configs, baseline; project errors in one line with exit status 2, bugs with
+their traceback."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -59,6 +62,7 @@ def test_baseline_command_prints_metrics_and_writes_predictions(synthetic_benchm
     (["baseline", "dsire", "{bench}", "mini_low_r8", "--step", "latest"], "--step must be"),
     (["baseline", "dsire", "{bench}", "mini_low_r8", "--matrices", "Q"], "unknown matrices"),
     (["baseline", "dsire", "{missing}", "mini_low_r8"], "not a LoRA-WiSE dataset|doesn't exist|not found"),
+    (["baseline", "dsire", "{missing}/absent", "mini_low_r8"], "no such folder, and not a Hub dataset repo id"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message, synthetic_benchmark, tmp_path):
     missing = tmp_path / "empty"
@@ -69,5 +73,43 @@ def test_user_errors_are_one_line_and_exit_2(args, message, synthetic_benchmark,
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ")
-    import re
     assert re.search(message, last), last
+
+
+def run_with(patch: str, *args, env: dict | None = None):
+    """``lora-wise ARGS`` in a fresh interpreter after ``patch`` (Python source) has run."""
+    code = f"import sys\n{patch}\nfrom lora_wise.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+
+
+def test_a_bug_shows_its_traceback():
+    """An exception that is no project error -- here a RuntimeError from the library -- is a bug: never one line."""
+    result = run_with("import lora_wise.configs as c\n"
+                      "def broken(*a, **k): raise RuntimeError('a bug in lora-wise')\n"
+                      "c.iter_configs = broken", "configs")
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "RuntimeError: a bug in lora-wise"
+    assert "error: " not in result.stderr
+
+
+def test_a_project_error_is_one_line_and_exit_2_and_debug_shows_it():
+    patch = ("import lora_wise.configs as c\nfrom lora_wise.errors import DatasetLayoutError\n"
+             "def refuse(*a, **k): raise DatasetLayoutError('the dataset lacks that; rebuild it')\n"
+             "c.iter_configs = refuse")
+    result = run_with(patch, "configs")
+    assert result.returncode == 2 and result.stderr == "error: the dataset lacks that; rebuild it\n"
+    debug = run_with(patch, "configs", env={**os.environ, "LORA_WISE_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_a_hub_failure_that_reaches_the_command_is_one_line_naming_the_fix():
+    patch = ("import httpx, lora_wise.configs as c\nfrom huggingface_hub.errors import HfHubHTTPError\n"
+             "def refuse(*a, **k):\n"
+             "    request = httpx.Request('GET', 'https://huggingface.co/api/datasets/me/x')\n"
+             "    raise HfHubHTTPError('401 Client Error\\nmore', response=httpx.Response(401, request=request))\n"
+             "c.iter_configs = refuse")
+    result = run_with(patch, "configs")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: the Hub refused to run `lora-wise configs`") and "hf auth login" in line

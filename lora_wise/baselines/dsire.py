@@ -18,6 +18,8 @@ class DSiRe(LayerwiseVote):
     """Dataset Size Recovery from the spectra of LoRA matrices."""
 
     name = "dsire"
+    title = "DSiRe"
+    reference = True
 
     def __init__(self, matrices="all", k: int = 1, vote: str = "majority", normalize: str = "global",
                  classifier: str = "knn"):

@@ -14,6 +14,8 @@ class FrobeniusNN(LayerwiseVote):
     """Nearest neighbour on per-layer Frobenius norms, majority vote."""
 
     name = "frobenius-nn"
+    title = "Frobenius-NN"
+    reference = True
 
     def __init__(self, matrices="all", k: int = 1, vote: str = "majority", normalize: str = "global"):
         super().__init__(feature="norm", matrices=matrices, k=k, vote=vote, normalize=normalize)

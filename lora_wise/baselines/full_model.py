@@ -17,6 +17,7 @@ class NNFullModel(LayerwiseVote):
     """k-NN over the concatenated singular values of all layers."""
 
     name = "nn-full-model"
+    title = "NN-full-model"
 
     def __init__(self, matrices="all", k: int = 1, normalize: str = "global"):
         super().__init__(feature="sv", matrices=matrices, k=k, vote="majority", normalize=normalize)

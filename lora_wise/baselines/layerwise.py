@@ -70,7 +70,12 @@ class LayerwiseVote:
     ``per-classifier``; ``none``); ``classifier`` ``knn``, ``lda`` or ``ridge``.
     """
 
+    #: The name of the registry (``lora_wise.baselines.BASELINES``), for the command line and the leaderboard.
     name = "layerwise"
+    #: How reports and the leaderboard write the method.
+    title = "layer-wise vote"
+    #: One of the paper's reference baselines, which the report runs and the leaderboard lists.
+    reference = False
 
     def __init__(self, feature: str = "sv", matrices="all", k: int = 1, vote: str = "majority",
                  normalize: str = "global", classifier: str = "knn"):
@@ -92,10 +97,14 @@ class LayerwiseVote:
         return dict(feature=self.feature, matrices="+".join(self.matrices), k=self.k, vote=self.vote,
                     normalize=self.normalize, classifier=self.classifier)
 
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The options this baseline takes (its constructor's parameters), e.g. ``("matrices", "k", ...)``."""
+        return tuple(name for name in inspect.signature(cls.__init__).parameters if name != "self")
+
     def clone(self) -> "LayerwiseVote":
         """An unfitted copy with the same options."""
-        accepted = inspect.signature(type(self).__init__).parameters
-        return type(self)(**{k: v for k, v in self.params().items() if k in accepted})
+        return type(self)(**{k: v for k, v in self.params().items() if k in self.options()})
 
     # ------------------------------------------------------------------ features
 

@@ -1,14 +1,13 @@
-"""The ``build`` and ``push`` sub-commands: parse flags, call :func:`builder.build.build` / :func:`builder.push.push`.
+"""``lora-wise build``: parse the flags into ``BuildOptions`` and call :func:`lora_wise.builder.build.build`.
 
-Kept import-light: torch, diffusers and PEFT load only when a command runs.
+Kept import-light: torch, diffusers and PEFT load only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from lora_wise.cli import add_command
+from .parser import add_command
 
 BUILD_DESCRIPTION = """\
 Fine-tune DreamBooth-LoRA models (diffusers + PEFT) for one or more configs and write
@@ -36,8 +35,8 @@ examples:
 
 
 def register(commands) -> None:
-    from .backbones import DEFAULT_MINI_SPEC
-    from .build import DEFAULT_OUT
+    from ..builder.backbones import DEFAULT_MINI_SPEC
+    from ..builder.build import DEFAULT_OUT
 
     p = add_command(commands, "build", "fine-tune LoRA models and write a LoRA-WiSE dataset folder", BUILD_DESCRIPTION)
     p.epilog = BUILD_EPILOG
@@ -87,22 +86,12 @@ def register(commands) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_build)
 
-    p = add_command(commands, "push", "upload a built LoRA-WiSE folder to a Hub dataset repo",
-                    "Create the dataset repo if needed and upload the card and the Parquet shards with "
-                    "huggingface_hub (one commit per config). The token comes from HF_TOKEN or "
-                    "`hf auth login` and is never printed.")
-    p.add_argument("folder", help="the folder `lora-wise build --out` wrote")
-    p.add_argument("repo_id", help="dataset repo, <user or org>/<name>")
-    p.add_argument("--private", action="store_true", help="create the repo private")
-    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
-    p.set_defaults(func=_cmd_push)
-
 
 def _cmd_build(args) -> int:
     import dataclasses
 
-    from .backbones import DEFAULT_MINI_SPEC
-    from .build import BuildOptions, build
+    from ..builder.backbones import DEFAULT_MINI_SPEC
+    from ..builder.build import BuildOptions, build
 
     options = BuildOptions(
         out=args.out, micro_datasets=args.micro_datasets, steps=args.steps, batch_size=args.batch_size,
@@ -124,21 +113,9 @@ def _cmd_build(args) -> int:
 
 
 def _shard(text: str) -> tuple[int, int]:
-    from .distributed import parse_shard
+    from ..builder.distributed import parse_shard
 
     try:
         return parse_shard(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _cmd_push(args) -> int:
-    from .push import push
-
-    plan = push(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run)
-    if args.dry_run:
-        print("dry run, nothing uploaded; would upload " + plan.format())
-    else:
-        print(f"uploaded {len(plan.files)} files ({plan.total_bytes / 1e6:.1f} MB) of "
-              f"{', '.join(plan.configs)} to https://huggingface.co/datasets/{plan.repo_id}", file=sys.stdout)
-    return 0

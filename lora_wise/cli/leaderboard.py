@@ -1,22 +1,19 @@
 """``lora-wise submit`` and ``lora-wise leaderboard {show,serve,add-baselines,deploy}``.
 
-Argument parsing and printing only; every handler calls one library function
-(``scoring.submit``, ``store.open_store().entries``, ``app.launch``,
-``baselines.add_baselines``, ``space.deploy_space``).  Errors surface as ``SubmissionError`` /
-``StoreError`` (a ``ValueError`` / ``RuntimeError``), which ``lora_wise.cli`` prints
-as one ``error:`` line with exit status 2.
+Argument parsing and printing only; every handler calls one function of
+:mod:`lora_wise.leaderboard` (``scoring.submit``, ``store.open_store().entries``, ``app.launch``,
+``baselines.add_baselines``, ``space.deploy_space``).
 """
 
 from __future__ import annotations
 
 import json
 
-from lora_wise.cli import add_command
-
-from .baselines import SEED_ENV
-from .references import DATASET_ENV, DEFAULT_DATASET
-from .store import DB_ENV, REPO_ENV
-from .submission import MAX_BYTES, MAX_ROWS
+from ..leaderboard.baselines import SEED_ENV
+from ..leaderboard.references import DATASET_ENV, DEFAULT_DATASET
+from ..leaderboard.store import DB_ENV, REPO_ENV
+from ..leaderboard.submission import MAX_BYTES, MAX_ROWS
+from .parser import add_command
 
 SUBMIT_DESCRIPTION = f"""\
 Validate a predictions file, score it against the true dataset sizes of one split of
@@ -27,8 +24,8 @@ anything is wrong. Limits: {MAX_BYTES // 2**20} MB, {MAX_ROWS:,} rows."""
 
 DEPLOY_DESCRIPTION = f"""\
 Write a self-contained Gradio Space (app.py; a README.md card for the gradio installed
-here; requirements.txt pinned to the versions installed here; copies of the lora_wise
-and leaderboard packages), create the Space repo if needed, set its variables
+here; requirements.txt pinned to the versions installed here; a copy of the lora_wise
+package as far as the app imports it), create the Space repo if needed, set its variables
 ${DATASET_ENV}, ${REPO_ENV} and ${SEED_ENV}=1
 (the Space adds the reference baselines of configs that have none when it starts) and
 upload the folder with huggingface_hub. The token comes from HF_TOKEN or `hf auth login`
@@ -108,13 +105,13 @@ def register(commands) -> None:
 
 
 def _store(args):
-    from .store import open_store
+    from ..leaderboard.store import open_store
 
     return open_store(db=args.db, repo=args.results_repo)
 
 
 def _cmd_submit(args) -> int:
-    from .scoring import submit
+    from ..leaderboard.scoring import submit
 
     result = submit(args.predictions, method=args.method, config=args.config, split=args.split,
                     authors=args.authors, link=args.link, dataset=args.dataset, store=_store(args))
@@ -129,8 +126,8 @@ def _cmd_submit(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    from .entries import format_board, rank_entries
-    from .references import resolve_config, resolve_split
+    from ..leaderboard.entries import format_board, rank_entries
+    from ..leaderboard.references import resolve_config, resolve_split
 
     config = resolve_config(args.config) if args.config else None
     split = resolve_split(args.split)
@@ -149,14 +146,14 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from .app import build_app, launch
+    from ..leaderboard.app import build_app, launch
 
     launch(build_app(store=_store(args), dataset=args.dataset), host=args.host, port=args.port)
     return 0
 
 
 def _cmd_add_baselines(args) -> int:
-    from .baselines import add_baselines
+    from ..leaderboard.baselines import add_baselines
 
     added = add_baselines(args.dataset, configs=args.config, store=_store(args), progress=True)
     for result in added:
@@ -166,7 +163,7 @@ def _cmd_add_baselines(args) -> int:
 
 
 def _cmd_deploy(args) -> int:
-    from .space import deploy_space
+    from ..leaderboard.space import deploy_space
 
     result = deploy_space(args.space_id, dataset=args.dataset, results_repo=args.results_repo,
                           private=args.private, dry_run=args.dry_run, out_dir=args.out)
