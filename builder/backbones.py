@@ -335,7 +335,7 @@ def pick_device(device: str | None = None) -> str:
     if device:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise DeviceError(f"device {device!r} was asked for but CUDA is not available; "
-                               f"pass --device cpu or run on a machine with a GPU.")
+                              f"pass --device cpu or run on a machine with a GPU.")
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -53,7 +53,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     index, count = int(match[1]), int(match[2])
     if count < 1 or not 0 <= index < count:
         raise OptionError(f"--shard {text}: the index must be between 0 and COUNT-1 (COUNT >= 1), e.g. "
-                         f"0/{max(count, 1)} .. {max(count, 1) - 1}/{max(count, 1)}")
+                          f"0/{max(count, 1)} .. {max(count, 1) - 1}/{max(count, 1)}")
     return index, count
 
 
@@ -80,7 +80,7 @@ def _import_ray():
         import ray
     except ImportError as exc:  # pragma: no cover - ray is in the `distributed` extra
         raise MissingDependencyError("--ray needs Ray: pip install 'lora-wise[distributed]' (or pip install ray), "
-                           "or build without --ray.") from exc
+                                     "or build without --ray.") from exc
     return ray
 
 
@@ -96,7 +96,7 @@ def connect_ray(address: str | None = None):
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise BuildError(f"could not connect to the Ray cluster at {address or 'RAY_ADDRESS/local'}: {exc}. "
-                               f"Start one with `ray start --head`, pass its address to --ray, or drop --ray.") from exc
+                             f"Start one with `ray start --head`, pass its address to --ray, or drop --ray.") from exc
     return ray
 
 

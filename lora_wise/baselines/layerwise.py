@@ -150,12 +150,12 @@ class LayerwiseVote:
         if table.layer_names != self.layer_names_:
             missing = sorted(set(self.layer_names_) - set(table.layer_names))
             extra = sorted(set(table.layer_names) - set(self.layer_names_))
-            raise IncompatibleLoRAError(f"the models to predict adapt other layers than the training models "
-                             f"(missing {missing[:3]}, extra {extra[:3]}); use references of the same backbone")
+            raise IncompatibleLoRAError(f"the models to predict adapt other layers than the training models (missing "
+                                        f"{missing[:3]}, extra {extra[:3]}); use references of the same backbone")
         x = (self._features(table) - self.low_) / self.span_
         if x.shape[2] != self.train_x_.shape[2]:
             raise IncompatibleLoRAError(f"feature length {x.shape[2]} differs from the training models' "
-                             f"{self.train_x_.shape[2]}: the LoRA ranks differ")
+                                        f"{self.train_x_.shape[2]}: the LoRA ranks differ")
         return x
 
     def _neighbours(self, x: np.ndarray) -> np.ndarray:
