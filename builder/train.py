@@ -50,7 +50,6 @@ draws the same numbers as a CPU build.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path

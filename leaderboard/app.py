@@ -34,7 +34,7 @@ from .entries import Entry, board_rows, rank_entries
 from .references import DEFAULT_SPLIT, available_configs, default_dataset
 from .scoring import submit
 from .store import Store, open_store
-from .submission import MAX_BYTES, MAX_ROWS, SubmissionError
+from .submission import MAX_BYTES, MAX_ROWS
 
 TITLE = "LoRA-WiSE leaderboard"
 INTRO = """\
