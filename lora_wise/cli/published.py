@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import OptionError
-from ..interop import IMPORT_BATCH_ROWS, PUBLISHED_REPO, PUBLISHED_SUBSETS, export_official, import_official
+from ..published import IMPORT_BATCH_ROWS, PUBLISHED_REPO, PUBLISHED_SUBSETS, export_official, import_official
 from .parser import add_command, paragraph
 
 

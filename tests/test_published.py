@@ -25,7 +25,7 @@ import pytest
 from lora_wise.cli import main
 from lora_wise.configs import CONCEPT101_MICRO_DATASETS, UnknownConfigError, get_config
 from lora_wise.data import feature_table, iter_models
-from lora_wise.interop import export_official, import_official
+from lora_wise.published import export_official, import_official
 from lora_wise.lora import LoRAFormatError
 from lora_wise.protocol import run_protocol
 from lora_wise.splits import standard_split
