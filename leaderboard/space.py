@@ -9,8 +9,8 @@
     requirements.txt   lora-wise's core dependencies and its ``leaderboard`` extra, read from the
                        installed package metadata and pinned to the versions installed here
     lora_wise/         a copy of the installed package as far as the app imports it: the library
-                       and ``lora_wise/leaderboard/``; not the builder (torch, diffusers and PEFT
-                       are not on the app's import chain)
+                       (floor 1) and ``lora_wise/leaderboard/``; not the other stages nor the
+                       commands (torch, diffusers and PEFT are not on the app's import chain)
 
 ``deploy_space`` creates the Space repo if needed, sets its variables
 (``LORA_WISE_DATASET``, ``LORA_WISE_LEADERBOARD_REPO``, ``LORA_WISE_SEED_BASELINES=1`` so a
@@ -42,9 +42,10 @@ from .store import REPO_ENV
 #: The distribution whose metadata lists the Space's requirements, and the extra it needs.
 DISTRIBUTION = "lora-wise"
 EXTRA = "leaderboard"
-#: The package copied into the Space, and the parts of it the app never imports (left out).
+#: The package copied into the Space, and the parts of it the app never imports (left out): the other
+#: stages (the builder needs torch, diffusers and PEFT), the command line, the demo and the report.
 PACKAGE = "lora_wise"
-LEFT_OUT = ("builder",)
+LEFT_OUT = ("builder", "published", "cli", "demo.py", "report.py")
 SPACE_FILES = ("README.md", "app.py", "requirements.txt")
 #: Never copied nor uploaded (bytecode of a run of the assembled folder).
 IGNORE_PATTERNS = ["*.pyc", "*__pycache__*"]

@@ -47,6 +47,12 @@ class Import:
     source: str
     target: str  # the deepest module of the graph it names, or the name as written when outside the graph
     line: int
+    written: str  # the module it names as written (``from m import x``: ``m.x`` when that is a module, else ``m``)
+
+    @property
+    def missing(self) -> bool:
+        """Whether it names a module inside the graph's packages that the graph does not hold."""
+        return self.target != self.written
 
 
 @dataclass
@@ -96,7 +102,7 @@ class ModuleGraph:
                     written = package + written
                 targets = [written]
             for target in targets:
-                found.append(Import(name, self._resolve(target), node.lineno))
+                found.append(Import(name, self._resolve(target), node.lineno, target))
         return found
 
     def edges(self) -> dict[str, set[str]]:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from fake_hub import SECRET, install
+from module_graph import ModuleGraph
 from lora_wise.leaderboard.baselines import REFERENCE_METHODS, SEED_ENV, seed_baselines
 from lora_wise.leaderboard.space import LEFT_OUT, assemble_space, deploy_space, space_requirements
 from lora_wise.leaderboard.store import SQLiteStore, StoreError
@@ -82,7 +83,16 @@ def test_space_carries_the_package_the_app_needs_and_nothing_else(space):
     library = {rel for rel in _files(ROOT / "lora_wise") if rel.split("/")[0] not in LEFT_OUT}
     board = {f"leaderboard/{rel}" for rel in _files(ROOT / "leaderboard")}
     assert _files(space / "lora_wise") == library | board
-    assert not (space / "lora_wise" / "builder").exists()
+    assert not (space / "lora_wise" / "builder").exists() and not (space / "lora_wise" / "cli").exists()
+
+
+def test_the_space_imports_only_what_it_carries(space):
+    """Every import of a lora_wise module in the copied package -- lazy ones included -- finds it in the copy."""
+    graph = ModuleGraph.read({"lora_wise": space / "lora_wise"})
+    assert "lora_wise.leaderboard.app" in graph.files
+    missing = [f"{imp.source} (line {imp.line}) imports {imp.written}" for imp in graph.imports
+               if imp.missing and imp.written.split(".")[0] == "lora_wise"]
+    assert not missing, "the Space would fail on: " + "; ".join(missing)
     assert (space / "lora_wise" / "resources" / "paper_results.csv").is_file()
     assert not list(space.rglob("__pycache__"))
     assert str(ROOT) not in "".join(p.read_text() for p in (space / "README.md", space / "app.py"))
