@@ -16,8 +16,9 @@ The pipeline, one module per step::
       -> write.py                         rows -> atomic unit commits -> sealed Parquet shards + card
       -> push.py                          huggingface_hub upload of the folder
 
-``build.py`` runs the steps (``lora-wise build``); ``cli.py`` registers the
-``build`` and ``push`` commands.  The same code builds the paper's benchmark
+``build.py`` runs the steps; ``lora-wise build`` and ``lora-wise push`` (``lora_wise/cli/``)
+call ``build.build`` and ``push.push``.  Installed as ``lora_wise.builder``, a stage above the
+library that never imports the leaderboard or the commands.  The same code builds the paper's benchmark
 on GPUs with SD 1.5 / SD 2 and the miniature benchmark on a CPU: the
 miniature backbone is just another ``from_pretrained`` folder.
 
