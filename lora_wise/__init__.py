@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 from .baselines import DSiRe, FrobeniusNN, NNFullModel, get_baseline
 from .configs import BenchmarkConfig, get_config, iter_configs, register_config
+from .errors import LoRAWiSEError
 from .features import FeatureTable, ModelFeatures, extract
 from .lora import LoRAFormatError, LoRAWeights, PickleRefusedError, read_lora
 from .splits import draws, standard_split
@@ -36,5 +37,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["BenchmarkConfig", "DSiRe", "FeatureTable", "FrobeniusNN", "LoRAFormatError", "LoRAWeights",
-           "ModelFeatures", "NNFullModel", "PickleRefusedError", "draws", "extract", "get_baseline",
-           "get_config", "iter_configs", "read_lora", "register_config", "standard_split", *_LAZY]
+           "LoRAWiSEError", "ModelFeatures", "NNFullModel", "PickleRefusedError", "draws", "extract",
+           "get_baseline", "get_config", "iter_configs", "read_lora", "register_config", "standard_split", *_LAZY]
