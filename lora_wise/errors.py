@@ -19,6 +19,7 @@ any other exception is a bug and shows its traceback.
     │   └── PickleRefusedError                a pickle checkpoint, refused unopened
     ├── IncompatibleLoRAError (ValueError)    a LoRA that cannot be compared with the references
     ├── DatasetSizeRecoveryInputError (ValueError)   predictions the metric cannot score
+    ├── ResultsRecordError (ValueError)       a results record that is not valid JSON of its schema
     ├── MissingDependencyError (ImportError)  an optional dependency is not installed
     ├── RepoIdError (ValueError)              not a Hub repo id (owner/name)
     ├── HubError (OSError)                    the Hub or the network to it failed
@@ -87,6 +88,10 @@ class IncompatibleLoRAError(LoRAWiSEError, ValueError):
 
 class DatasetSizeRecoveryInputError(LoRAWiSEError, ValueError):
     """Predictions or references that cannot be scored; the message says which and why."""
+
+
+class ResultsRecordError(LoRAWiSEError, ValueError):
+    """A results record (``lora_wise.results``) that is not valid JSON of its schema; the message names the field."""
 
 
 class MissingDependencyError(LoRAWiSEError, ImportError):
