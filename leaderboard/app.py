@@ -28,6 +28,7 @@ from pathlib import Path
 
 from lora_wise.configs import CONFIGS, get_config
 from lora_wise.errors import LoRAWiSEError, UnknownConfigError
+from lora_wise.metrics.dataset_size_recovery.scores import for_display
 
 from .baselines import seed_baselines, seeding_requested
 from .entries import Entry, board_rows, rank_entries
@@ -137,8 +138,9 @@ class LeaderboardView:
         except LoRAWiSEError as exc:  # a bad file, a store or Hub that refuses: said in the page
             return False, str(exc)
         e = result.entry
-        return True, (f"Stored {e.method!r} as entry {e.short_id}: MAE {e.mae:.3f}, MAPE {e.mape:.2f}%, "
-                      f"accuracy {e.accuracy:.2f}% on {e.n_models} models. "
+        return True, (f"Stored {e.method!r} as entry {e.short_id}: MAE {e.mae:.3f}, "
+                      f"MAPE {for_display('mape', e.mape):.2f}%, accuracy {for_display('accuracy', e.accuracy):.2f}% "
+                      f"on {e.n_models} models. "
                       f"Rank {result.rank} of {result.total} on {e.config}.")
 
 

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
 
+from lora_wise.metrics.dataset_size_recovery.scores import for_display
+
 METRICS = ("mae", "mape", "accuracy")
 
 
@@ -129,7 +131,8 @@ def rank_of(entry_id: str, entries: Iterable[Entry]) -> tuple[int, int]:
 def board_rows(entries: Iterable[Entry]) -> list[dict]:
     """Ranked rows for a table: rank, method, authors, MAE, MAPE, accuracy, date, kind, id."""
     return [{"rank": position, "method": e.method, "authors": e.authors, "MAE": round(e.mae, 3),
-             "MAPE (%)": round(e.mape, 2), "accuracy (%)": round(e.accuracy, 2), "date": e.date,
+             "MAPE (%)": round(for_display("mape", e.mape), 2),  # the metric's fractions, shown in percent
+             "accuracy (%)": round(for_display("accuracy", e.accuracy), 2), "date": e.date,
              "kind": "reference" if e.reference else "submission", "models": e.n_models, "id": e.short_id}
             for position, e in enumerate(rank_entries(entries), start=1)]
 

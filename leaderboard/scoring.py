@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from lora_wise.metrics.dataset_size_recovery.scores import for_display
+
 from .entries import Entry, rank_of
 from .references import References, load_references, resolve_config, resolve_split
 from .submission import ParsedSubmission, SubmissionError, check_text, read_submission
@@ -37,7 +39,7 @@ class SubmitResult:
     def format(self) -> str:
         e = self.entry
         return (f"{e.method} on {e.config}/{e.split} ({e.n_models} models): MAE {e.mae:.3f}, "
-                f"MAPE {e.mape:.2f}%, accuracy {e.accuracy:.2f}%\n"
+                f"MAPE {for_display('mape', e.mape):.2f}%, accuracy {for_display('accuracy', e.accuracy):.2f}%\n"
                 f"stored as entry {e.short_id} in {self.store}\n"
                 f"rank {self.rank} of {self.total} on {e.config}/{e.split}")
 

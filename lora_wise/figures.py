@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .metrics.dataset_size_recovery.scores import for_display
+
 METRIC_LABELS = {"mae": "MAE (images) ↓", "mape": "MAPE (%) ↓", "accuracy": "accuracy (%) ↑"}
 
 
@@ -61,8 +63,8 @@ def plot_metrics_by_method(entries: Iterable, title: str = "Leaderboard by confi
     """Grouped bars of MAE, MAPE and accuracy: one group per config, one bar per method.
 
     ``entries`` are leaderboard ``Entry`` objects (or dicts with config, method, mae,
-    mape, accuracy); where a method has several entries on a config, its best (lowest
-    MAE) is drawn.  Bar containers are labelled with the method name.
+    mape, accuracy, MAPE and accuracy as the metric's fractions, drawn in percent); where a
+    method has several entries on a config, its best (lowest MAE) is drawn.  Bar containers are labelled with the method name.
     """
     best: dict[tuple[str, str], object] = {}
     for entry in entries:
@@ -76,7 +78,8 @@ def plot_metrics_by_method(entries: Iterable, title: str = "Leaderboard by confi
     x = np.arange(len(configs))
     for ax, metric in zip(axes, ("mae", "mape", "accuracy")):
         for i, method in enumerate(methods):
-            heights = [float(_value(best[(c, method)], metric)) if (c, method) in best else np.nan for c in configs]
+            heights = [for_display(metric, float(_value(best[(c, method)], metric))) if (c, method) in best
+                       else np.nan for c in configs]  # MAPE and accuracy are fractions: bars in percent
             ax.bar(x + (i - (len(methods) - 1) / 2) * width, heights, width, label=method)
         ax.set_xticks(x, configs, rotation=20, ha="right")
         ax.set_ylabel(METRIC_LABELS[metric])

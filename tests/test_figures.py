@@ -48,8 +48,9 @@ def _entry(method, config, mae, mape, accuracy):
 
 
 def test_metrics_by_method_draws_the_best_entry_per_method_and_config():
-    entries = [_entry("DSiRe", "mini_low_r8", 0.7, 16.0, 48.0), _entry("DSiRe", "mini_low_r8", 0.5, 12.0, 60.0),
-               _entry("Frob", "mini_low_r8", 0.6, 15.0, 51.0), _entry("Frob", "mini_medium_r8", 6.4, 24.0, 53.0)]
+    # the metric's fractions for MAPE and accuracy, drawn in percent
+    entries = [_entry("DSiRe", "mini_low_r8", 0.7, 0.16, 0.48), _entry("DSiRe", "mini_low_r8", 0.5, 0.12, 0.6),
+               _entry("Frob", "mini_low_r8", 0.6, 0.15, 0.51), _entry("Frob", "mini_medium_r8", 6.4, 0.24, 0.53)]
     fig = figures.plot_metrics_by_method(entries)
     mae_ax, mape_ax, acc_ax = fig.axes[:3]
     assert [t.get_text() for t in mae_ax.get_xticklabels()] == ["mini_low_r8", "mini_medium_r8"]

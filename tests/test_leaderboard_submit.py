@@ -52,8 +52,8 @@ def test_submit_scores_against_an_independent_computation(tmp_path, synthetic_be
     t = np.array([truth[m] for m in ids], dtype=float)
     entry = result.entry
     assert entry.mae == pytest.approx(np.mean(np.abs(p - t)))
-    assert entry.mape == pytest.approx(100 * np.mean(np.abs(p - t) / t))
-    assert entry.accuracy == pytest.approx(100 * np.mean(np.round(p) == t))
+    assert entry.mape == pytest.approx(np.mean(np.abs(p - t) / t))  # fractions, as the metric returns them
+    assert entry.accuracy == pytest.approx(np.mean(np.round(p) == t))
     sizes = sorted(set(truth.values()))
     labels = sorted(set(sizes) | {int(x) for x in np.round(p)})  # true or predicted, as rounded
     expected = np.zeros((len(labels), len(labels)), dtype=int)
@@ -83,7 +83,7 @@ def test_rank_by_mae_then_mape_then_time(tmp_path, synthetic_benchmark, truth):
     again = submit(csv("again.csv", {m: float(s) for m, s in truth.items()}), method="exact again",
                    config=CONFIG, dataset=synthetic_benchmark, store=store)
     assert (rough.rank, rough.total) == (1, 1)
-    assert (exact.rank, exact.total) == (1, 2) and exact.entry.mae == 0 and exact.entry.accuracy == 100
+    assert (exact.rank, exact.total) == (1, 2) and exact.entry.mae == 0 and exact.entry.accuracy == 1
     assert (again.rank, again.total) == (2, 3)  # same MAE and MAPE: the earlier entry ranks first
     assert again.entry.sha256 == exact.entry.sha256
 
@@ -221,7 +221,7 @@ def test_cli_submit_takes_config_and_split_from_the_file(tmp_path, synthetic_ben
                              capsys=capsys)
     assert code == 0, err
     (entry,) = SQLiteStore(db).entries(CONFIG, "train")
-    assert (entry.method, entry.split, entry.mae, entry.accuracy) == ("from-file", "train", 0.0, 100.0)
+    assert (entry.method, entry.split, entry.mae, entry.accuracy) == ("from-file", "train", 0.0, 1.0)
     code, _, err = run_cli("submit", pred, "--config", CONFIG, "--split", "test", "--dataset", synthetic_benchmark,
                            "--db", db, capsys=capsys)
     assert code == 2 and "split" in err and len(SQLiteStore(db).entries(CONFIG, "train")) == 1
