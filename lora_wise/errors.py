@@ -20,6 +20,7 @@ any other exception is a bug and shows its traceback.
     ├── IncompatibleLoRAError (ValueError)    a LoRA that cannot be compared with the references
     ├── DatasetSizeRecoveryInputError (ValueError)   predictions the metric cannot score
     ├── ResultsRecordError (ValueError)       a results record that is not valid JSON of its schema
+    ├── MethodError (ValueError)              a method that cannot be loaded or breaks the method interface
     ├── MissingDependencyError (ImportError)  an optional dependency is not installed
     ├── RepoIdError (ValueError)              not a Hub repo id (owner/name)
     ├── HubError (OSError)                    the Hub or the network to it failed
@@ -92,6 +93,10 @@ class DatasetSizeRecoveryInputError(LoRAWiSEError, ValueError):
 
 class ResultsRecordError(LoRAWiSEError, ValueError):
     """A results record (``lora_wise.results``) that is not valid JSON of its schema; the message names the field."""
+
+
+class MethodError(LoRAWiSEError, ValueError):
+    """A method (``lora_wise.methods``) that cannot be loaded, or that breaks the interface (what ``predict`` returns)."""
 
 
 class MissingDependencyError(LoRAWiSEError, ImportError):
