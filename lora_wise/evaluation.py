@@ -20,8 +20,9 @@ from . import results
 from .baselines import BASELINES
 from .configs import get_config
 from .data import CHECKPOINT, WeightsByModel, dataset_source, feature_table, fingerprint
+from .errors import OptionError
 from .methods import load_method
-from .protocol import ProtocolResult, run_protocol
+from .protocol import ProtocolResult, method_factory, run_protocol
 from .splits import SEED
 
 
@@ -62,26 +63,15 @@ def evaluate(method: Any, dataset: str | os.PathLike, config: str, protocol: str
     record is also written there (JSON).
     """
     cfg = get_config(config)
+    method = resolve_method(method)
+    method_factory(method, dict(params or {}))  # a method or option that fails, fails before any data is read
+    if protocol not in results.PROTOCOLS:
+        raise OptionError(f"unknown protocol {protocol!r}: choose {' or '.join(results.PROTOCOLS)}")
     table = feature_table(dataset, cfg.name, step=CHECKPOINT, progress=progress)
     weights = WeightsByModel(dataset, cfg.name, step=CHECKPOINT)
-    result = run_protocol(table, cfg, resolve_method(method), protocol=protocol, weights=weights, **(params or {}))
+    result = run_protocol(table, cfg, method, protocol=protocol, weights=weights, **(params or {}))
     record = to_record(result, dataset, name)
     if out is not None:
         results.write(record, out)
     return record
 
-
-def format_record(record: dict) -> str:
-    """A record's summary as a small table: mean ± std over the draws and the standard split (percent for rates)."""
-    from .metrics.dataset_size_recovery.scores import DISPLAY_LABELS, for_display
-
-    n = len(record["draws"])
-    lines = [f"{record['method']['name']} on {record['dataset']['config']} ({record['protocol']} protocol, "
-             f"{n} draw{'s' if n > 1 else ''}, step {record['dataset']['checkpoint_step']})",
-             f"{'metric':<14}{'mean ± std':>20}{'standard split':>18}"]
-    for metric in results.METRICS:
-        summary = record["summary"][metric]
-        mean, std = for_display(metric, summary["mean"]), for_display(metric, summary["std"])
-        standard = for_display(metric, record["standard"]["metrics"][metric])
-        lines.append(f"{DISPLAY_LABELS[metric]:<14}{f'{mean:.2f} ± {std:.2f}':>20}{standard:>18.2f}")
-    return "\n".join(lines)

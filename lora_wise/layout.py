@@ -338,6 +338,12 @@ def _num_rows(root: Path, view: str) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for s in SPLITS for p in shard_paths(root, view, s))
 
 
+def _steps(root: Path, view: str) -> list[int]:
+    """The snapshot steps a view holds (its ``step`` column only is read)."""
+    return sorted({step for s in SPLITS for p in shard_paths(root, view, s)
+                   for step in pq.read_table(p, columns=["step"]).column("step").to_pylist()})
+
+
 def card_metadata(configs: Iterable, models: int) -> dict:
     """The card's YAML besides ``configs:``: what the Hub filters and links by.
 
@@ -397,8 +403,9 @@ def render_card(root: str | os.PathLike, configs: Iterable[str] | None = None, r
         n_test = cfg.num_micro_datasets - cfg.num_train_micro_datasets
         here = _num_rows(root, cfg.name)
         models += here
-        snapshots = (f"{_num_rows(root, snapshots_config(cfg.name))} rows, steps "
-                     f"{', '.join(map(str, cfg.snapshot_steps))}" if snapshots_config(cfg.name) in data_files else "-")
+        view = snapshots_config(cfg.name)
+        snapshots = (f"{_num_rows(root, view)} rows, steps {', '.join(map(str, _steps(root, view)))}"
+                     if view in data_files else "-")
         rows.append(f"| `{cfg.name}` | {cfg.data_range} | {', '.join(map(str, cfg.dataset_sizes))} | "
                     f"{cfg.backbone_name} | {cfg.rank} | {cfg.num_train_micro_datasets} / {n_test} | "
                     f"{here} of {cfg.num_models} | {cfg.checkpoint_step} | {snapshots} |")

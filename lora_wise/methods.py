@@ -261,7 +261,8 @@ def load_method(spec: str) -> type:
             raise MethodError(f"method {spec!r}: no module {exc.name!r} (is it installed, or on PYTHONPATH?)") from exc
     cls = getattr(module, name, None)
     if not isinstance(cls, type):
-        found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and _is_method_class(v))
+        found = sorted(n for n, v in vars(module).items()
+                       if isinstance(v, type) and v.__module__ == module.__name__ and _is_method_class(v))
         raise MethodError(f"method {spec!r}: {where} has no class {name!r}"
                           + (f"; its method classes: {', '.join(found)}" if found else ""))
     if not _is_method_class(cls):

@@ -124,16 +124,24 @@ def paper_row_key(method: str, params: dict, config: BenchmarkConfig,
     return method, variants[0] if variants else ""
 
 
-def _method_factory(method: Any, options: dict) -> tuple[Callable[[], Any], Any]:
+def _options(cls: type) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+
+
+def method_factory(method: Any, options: dict) -> tuple[Callable[[], Any], Any]:
     """A maker of fresh, unfitted instances of ``method`` (a baseline name, a class or an instance), and one instance."""
-    if isinstance(method, str):
-        template = baseline_class(method)(**options)
-    elif isinstance(method, type):
+    if isinstance(method, (str, type)):
+        cls = baseline_class(method) if isinstance(method, str) else method
         try:
-            template = method(**options)
-        except TypeError as exc:
-            raise MethodError(f"{method.__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())}): {exc}") from None
-        return (lambda: method(**options)), template
+            template = cls(**options)
+        except TypeError as exc:  # an option the constructor does not take
+            given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            raise MethodError(f"{cls.__name__}({given}): {exc}; its options: "
+                              f"{', '.join(_options(cls)) or 'none'}") from None
+        if isinstance(method, type):
+            return (lambda: method(**options)), template
     else:
         if options:
             raise MethodError("options go with a method's name or class, not with an instance (it has its own)")
@@ -161,7 +169,7 @@ def run_protocol(table: FeatureTable, config: str | BenchmarkConfig, method: Any
     cfg = get_config(config) if isinstance(config, str) else config
     if protocol not in PROTOCOLS:
         raise OptionError(f"unknown protocol {protocol!r}: choose {' or '.join(PROTOCOLS)}")
-    make, template = _method_factory(method, options)
+    make, template = method_factory(method, options)
     params = method_params(template) or dict(options)
     steps = np.unique(table.steps)
     result = ProtocolResult(method=method_name(template), params=params, config=cfg, protocol=protocol,

@@ -299,6 +299,37 @@ def test_a_plain_load_dataset_after_a_rebuild_reads_the_new_rows(built, tiny_bac
     assert sum(map(len, after.values())) == 24
 
 
+def test_a_folder_built_by_an_older_version_is_migrated_to_both_views(built, tmp_path):
+    """Manifest version 1 kept every snapshot in data/<config>/ (names without a digest): a build
+    opening such a folder unseals its rows into units and seals them into both views, which then
+    equal a fresh build's byte for byte, with nothing retrained."""
+    out, _, options = built
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    store = old / BUILD_DIR / TEST_CONFIG
+    manifest = json.loads((store / "manifest.json").read_text())
+    shutil.rmtree(old / "data" / TEST_CONFIG)
+    shards = {}
+    for split in ("train", "test"):
+        names = []
+        for i, path in enumerate(sorted((old / "data" / SNAPSHOTS).glob(f"{split}-*.parquet"))):
+            names.append(f"{split}-{i:05d}.parquet")
+            (old / "data" / TEST_CONFIG).mkdir(parents=True, exist_ok=True)
+            path.rename(old / "data" / TEST_CONFIG / names[-1])
+        shards[split] = names
+    shutil.rmtree(old / "data" / SNAPSHOTS)
+    (store / "manifest.json").write_text(json.dumps({
+        "version": 1, "config": TEST_CONFIG, "fingerprint": manifest["fingerprint"], "units": manifest["units"],
+        "shards": shards, "next_index": {s: len(n) for s, n in shards.items()}, "seal": 3}))
+    summary = build([TEST_CONFIG], dataclasses.replace(options, out=old))
+    assert summary.models_built == 0 and summary.models_skipped == 12
+    fresh = {p.relative_to(out): p.read_bytes() for p in (out / "data").rglob("*.parquet")}
+    migrated = {p.relative_to(old): p.read_bytes() for p in (old / "data").rglob("*.parquet")}
+    assert migrated == fresh
+    assert json.loads((store / "manifest.json").read_text())["version"] == 2
+    assert not list((store / "units").glob("*.parquet"))
+
+
 def test_resuming_with_another_backbone_is_refused(built, tmp_path, tiny_backbone):  # noqa: F811
     out, _, options = built
     other_backbone = tmp_path / "other-backbone"

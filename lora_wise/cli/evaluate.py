@@ -52,15 +52,15 @@ def parse_params(items: list[str]) -> dict:
 
 
 def _cmd_evaluate(args) -> int:
-    from ..evaluation import evaluate, format_record
-    from ..results import dumps
+    from ..evaluation import evaluate
+    from ..results import dumps, summary_table
 
     record = evaluate(args.method, args.dataset, args.config, protocol=args.protocol,
                       params=parse_params(args.param), name=args.name, out=args.out, progress=True)
     if args.json:
         sys.stdout.write(dumps(record))
     else:
-        print(format_record(record))
+        print(summary_table(record))
     if args.out:
         print(f"wrote the results record to {args.out}; `lora-wise submit {args.out}` sends it to the leaderboard",
               file=sys.stderr)
