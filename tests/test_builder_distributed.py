@@ -103,14 +103,17 @@ def test_sealed_shards_depend_only_on_the_rows(test_cfg, tmp_path):  # noqa: F81
     for key, rows in units.items():
         store.commit_unit(key, rows)
     assert store.seal(150_000, planned=sorted(units)) == 12
-    expected = {p.name: p.read_bytes() for p in (one / "data" / TEST_CONFIG).iterdir()}
-    assert len(expected) > 4  # the bound cut several shards per split
-    assert sorted(expected) == sorted(f"{s}-{i:05d}.parquet" for s in ("train", "test")
-                                      for i in range(sum(n.startswith(s) for n in expected)))
+    expected = _shards(one)
+    snapshots = [name for name in expected if name.startswith(TEST_CONFIG + "_snapshots/")]
+    assert len(snapshots) > 4  # the bound cut several shards per split
+    for view in (TEST_CONFIG, TEST_CONFIG + "_snapshots"):  # both views, numbered from 0 per split
+        names = [n.split("/")[1] for n in expected if n.split("/")[0] == view]
+        assert sorted(n.rsplit("-", 1)[0] for n in names) == sorted(
+            f"{s}-{i:05d}" for s in ("train", "test") for i in range(sum(n.startswith(s) for n in names)))
     for seed in range(3):  # one process, units finishing in any order, seals at any moment
         out = tmp_path / f"shuffled-{seed}" / "lora-wise"
         _commit_and_seal(str(out), test_cfg, sorted(units), seed)
-        assert {p.name: p.read_bytes() for p in (out / "data" / TEST_CONFIG).iterdir()} == expected
+        assert _shards(out) == expected
     # two processes at once, each committing and sealing its half (the file lock keeps them apart)
     out = tmp_path / "concurrent" / "lora-wise"
     keys = sorted(units)
@@ -122,8 +125,13 @@ def test_sealed_shards_depend_only_on_the_rows(test_cfg, tmp_path):  # noqa: F81
     for child in children:
         child.join(60)
         assert child.exitcode == 0
-    assert {p.name: p.read_bytes() for p in (out / "data" / TEST_CONFIG).iterdir()} == expected
+    assert _shards(out) == expected
     assert not list((out / BUILD_DIR / TEST_CONFIG / "units").glob("*"))
+
+
+def _shards(out) -> dict[str, bytes]:
+    """``<view>/<shard name>`` -> bytes, for both views of the test config."""
+    return {p.relative_to(out / "data").as_posix(): p.read_bytes() for p in (out / "data").glob("*/*.parquet")}
 
 
 def test_a_seal_waits_for_the_units_before_it(test_cfg, tmp_path):  # noqa: F811

@@ -99,6 +99,15 @@ def test_one_row_per_model_by_default_and_every_snapshot_in_the_snapshots_config
     np.testing.assert_array_equal(everything.sv["BA"][row], checkpoint.sv["BA"][0])
 
 
+def test_view_names_resolve_aliases():
+    from lora_wise.data import view_name
+
+    assert view_name("medium_32") == "medium_r32" and view_name("medium_32_snapshots") == "medium_r32_snapshots"
+    assert view_name("mini_low_r8_snapshots") == "mini_low_r8_snapshots"
+    with pytest.raises(UnknownConfigError, match="unknown config 'nope'"):
+        view_name("nope_snapshots")
+
+
 def test_a_dataset_without_snapshots_answers_every_step_from_its_one_view(tmp_path):
     from lora_wise.layout import render_card, write_shards
 
