@@ -27,9 +27,11 @@ def test_demo_builds_scores_registers_and_reports_then_reruns_without_duplicates
                   build_options={"mini_spec": TINY_SPEC}, progress=False, echo=printed.append)
     result = run_demo(**kwargs)
 
-    # the dataset: both splits, every model at its snapshot steps
+    # the dataset: both splits, one row per model, and every model at its snapshot steps
     ds = load_benchmark(result.dataset, TEST_CONFIG)
-    assert len(ds["train"]) + len(ds["test"]) == 4 * 3 * 2
+    assert len(ds["train"]) + len(ds["test"]) == 4 * 3
+    snapshots = load_benchmark(result.dataset, TEST_CONFIG + "_snapshots")
+    assert len(snapshots["train"]) + len(snapshots["test"]) == 4 * 3 * 2
 
     # the leaderboard: both reference baselines, scored on the standard split
     entries = open_store(kwargs["db"]).entries(TEST_CONFIG, "test")
