@@ -258,3 +258,32 @@ def test_a_subclass_of_method_gets_its_name_and_params():
     assert Tuned().name == "tuned" and Tuned(alpha=2).params() == {"alpha": 2, "layers": "all"}
     with pytest.raises(NotImplementedError):
         Tuned().predict(None)
+
+
+def test_a_hub_dataset_is_fingerprinted_by_its_revision(monkeypatch):
+    """The network boundary (HfApi) is replaced: the revision the Hub serves names the data."""
+    import types
+
+    import huggingface_hub
+
+    from lora_wise.data import dataset_source, fingerprint
+
+    class Api:
+        def dataset_info(self, repo_id, **kwargs):
+            return types.SimpleNamespace(sha="0123456789abcdef0123456789abcdef01234567", id=repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    value = fingerprint("me/LoRA-WiSE", CONFIG)
+    assert value == "hub:me/LoRA-WiSE@0123456789abcdef0123456789abcdef01234567"
+    assert dataset_source("me/LoRA-WiSE") == "me/LoRA-WiSE"
+    record = json.loads(results.dumps(_record_with(dataset={"source": "me/LoRA-WiSE", "fingerprint": value})))
+    assert record["dataset"]["fingerprint"] == value
+
+
+def _record_with(dataset: dict) -> dict:
+    split = draws(CONFIG, 1)[0]
+    draw = {"draw": 0, "train_micro_datasets": list(split.train), "test_micro_datasets": list(split.test),
+            "metrics": {"mae": 0.5, "mape": 0.1, "accuracy": 0.5}, "predictions": {"m": 2}}
+    return results.new_record(dataset={"config": CONFIG, "checkpoint_step": 100, **dataset},
+                              method={"name": "x", "class": "x.py:X", "params": {}}, protocol="standard",
+                              draws=[draw])
