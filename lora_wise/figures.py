@@ -6,12 +6,18 @@ it; callers save it (``fig.savefig``) or hand it to ``gr.Plot``.  matplotlib is
 imported inside the functions, so importing this module costs nothing.
 
 Leaderboard: ``plot_confusion_matrix`` (one entry: true size against predicted size,
-as the metric counts them) and ``plot_metrics_by_method`` (MAE, MAPE and
-accuracy per config and method).  Report, after the paper: ``plot_norm_vs_size``
+as the metric counts them), ``plot_metrics_by_method`` (MAE, MAPE and
+accuracy per config and method) and ``plot_accuracy_per_size`` (accuracy per true
+dataset size, one line per entry).  Report, after the paper: ``plot_norm_vs_size``
 (Fig. 2a: the spread of the mean Frobenius norm per dataset size),
 ``plot_layer_accuracy`` (Fig. 3: accuracy of each layer on its own) and
 ``plot_accuracy_vs_train_size`` (Fig. 5: accuracy against the number of training
 micro-datasets).
+
+Every text in these figures is drawn as plain text: each function ends with
+:func:`as_plain_text`, which turns off matplotlib's mathtext (``$...$``) and TeX on every text
+object of the figure, so a method name such as ``math $\\foo$ x`` shows as typed instead of
+failing to parse (or rendering markup).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 METRIC_LABELS = {"mae": "MAE (images) ↓", "mape": "MAPE (%) ↓", "accuracy": "accuracy (%) ↑"}
+#: Metrics that entries hold as fractions and the figures show in percent.
+PERCENT_METRICS = ("mape", "accuracy")
 
 
 def _figure(width: float = 6.4, height: float = 4.8, ncols: int = 1):
@@ -29,6 +37,16 @@ def _figure(width: float = 6.4, height: float = 4.8, ncols: int = 1):
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, axes
+
+
+def as_plain_text(fig):
+    """Draw every text object of ``fig`` as the literal string it holds: no mathtext, no TeX."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+        text.set_usetex(False)
+    return fig
 
 
 def plot_confusion_matrix(labels: Sequence, matrix, title: str = "Confusion matrix"):
@@ -50,7 +68,7 @@ def plot_confusion_matrix(labels: Sequence, matrix, title: str = "Confusion matr
     for (i, j), count in np.ndenumerate(matrix if len(labels) <= 20 else np.zeros((0, 0))):
         ax.text(j, i, str(int(count)), ha="center", va="center",
                 color="white" if count > threshold else "black", fontsize=8)
-    return fig
+    return as_plain_text(fig)
 
 
 def _value(entry, key):
@@ -61,8 +79,9 @@ def plot_metrics_by_method(entries: Iterable, title: str = "Leaderboard by confi
     """Grouped bars of MAE, MAPE and accuracy: one group per config, one bar per method.
 
     ``entries`` are leaderboard ``Entry`` objects (or dicts with config, method, mae,
-    mape, accuracy); where a method has several entries on a config, its best (lowest
-    MAE) is drawn.  Bar containers are labelled with the method name.
+    mape, accuracy; MAPE and accuracy as fractions, drawn in percent); where a method has
+    several entries on a config, its best (lowest MAE) is drawn.  Bar containers are
+    labelled with the method name.
     """
     best: dict[tuple[str, str], object] = {}
     for entry in entries:
@@ -76,7 +95,9 @@ def plot_metrics_by_method(entries: Iterable, title: str = "Leaderboard by confi
     x = np.arange(len(configs))
     for ax, metric in zip(axes, ("mae", "mape", "accuracy")):
         for i, method in enumerate(methods):
-            heights = [float(_value(best[(c, method)], metric)) if (c, method) in best else np.nan for c in configs]
+            scale = 100.0 if metric in PERCENT_METRICS else 1.0
+            heights = [scale * float(_value(best[(c, method)], metric)) if (c, method) in best else np.nan
+                       for c in configs]
             ax.bar(x + (i - (len(methods) - 1) / 2) * width, heights, width, label=method)
         ax.set_xticks(x, configs, rotation=20, ha="right")
         ax.set_ylabel(METRIC_LABELS[metric])
@@ -87,7 +108,32 @@ def plot_metrics_by_method(entries: Iterable, title: str = "Leaderboard by confi
     else:
         axes[1].text(0.5, 0.5, "no entries yet", ha="center", va="center", transform=axes[1].transAxes)
     fig.suptitle(title)
-    return fig
+    return as_plain_text(fig)
+
+
+def plot_accuracy_per_size(series: dict[str, dict], title: str = "Accuracy per dataset size"):
+    """Accuracy against the true dataset size: one line per entry.
+
+    ``series`` maps a label (an entry's method) to ``{size: accuracy}``, accuracy as a
+    fraction (drawn in percent), e.g. the ``per_size`` numbers of the metric.
+    """
+    fig, (ax,) = _figure(7.2, 4.4)
+    sizes = sorted({float(s) for values in series.values() for s in values})
+    positions = {size: i for i, size in enumerate(sizes)}
+    for label, values in series.items():
+        points = sorted((float(s), 100.0 * float(a)) for s, a in values.items())
+        ax.plot([positions[s] for s, _ in points], [a for _, a in points], marker="o", label=label)
+    ax.set_xticks(range(len(sizes)), [f"{s:g}" for s in sizes])
+    ax.set_xlabel("true dataset size (images)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no entries yet", ha="center", va="center", transform=ax.transAxes)
+    return as_plain_text(fig)
 
 
 def plot_norm_vs_size(dataset_sizes: Sequence, norms: Sequence, title: str = "LoRA norm against dataset size"):
@@ -106,7 +152,7 @@ def plot_norm_vs_size(dataset_sizes: Sequence, norms: Sequence, title: str = "Lo
     ax.set_ylabel("mean Frobenius norm of BA")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    return fig
+    return as_plain_text(fig)
 
 
 def plot_layer_accuracy(layer_names: Sequence[str], accuracies: Sequence, title: str = "Accuracy per layer"):
@@ -121,7 +167,7 @@ def plot_layer_accuracy(layer_names: Sequence[str], accuracies: Sequence, title:
     ax.set_xlabel("layer")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    return fig
+    return as_plain_text(fig)
 
 
 def plot_accuracy_vs_train_size(n_train: Sequence, mean: Sequence, std: Sequence | None = None,
@@ -140,4 +186,4 @@ def plot_accuracy_vs_train_size(n_train: Sequence, mean: Sequence, std: Sequence
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    return fig
+    return as_plain_text(fig)
