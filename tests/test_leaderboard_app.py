@@ -342,3 +342,15 @@ def test_browser_shows_hostile_rows_as_text_and_requests_nothing_they_name(hosti
     assert not [u for u in requests if "127.0.0.1:9/" in u], requests  # no tracking pixel fetched
     assert dialogs == []  # no script ran
     assert [e.method for e in hostile_store.entries()][-1] == "form $\\alpha$ name"
+
+
+def test_the_about_tab_cites_the_paper_as_readme_and_citation_cff_do():
+    import yaml
+
+    from lora_wise.citation import ARXIV_ID, PAPER_TITLE, PAPER_URL
+    from module_graph import REPOSITORY
+
+    assert BIBTEX in (REPOSITORY / "README.md").read_text()  # the README's block is the same text
+    cff = yaml.safe_load((REPOSITORY / "CITATION.cff").read_text())["preferred-citation"]
+    assert (cff["title"], cff["url"], cff["journal"]) == (PAPER_TITLE, PAPER_URL, f"arXiv preprint arXiv:{ARXIV_ID}")
+    assert " and ".join(f"{a['family-names']}, {a['given-names']}" for a in cff["authors"]) in BIBTEX
