@@ -1,10 +1,10 @@
 """``lora-wise push``: upload a built LoRA-WiSE folder to a Hub dataset repo with huggingface_hub.
 
-The folder is already laid out as the repo (``README.md`` + ``data/<config>/<split>-NNNNN.parquet``),
-so pushing is: re-render the card with the repo id in its loading example,
-create the dataset repo if needed, then one ``upload_folder`` commit per config
-(``delete_patterns`` removes remote shards a rebuild replaced, so the repo never
-holds a snapshot twice) and a last commit with the card.  The build's
+The folder is already laid out as the repo (``README.md`` + ``data/<view>/<split>-NNNNN-<digest>.parquet``
+for both views of each config, ``<config>`` and ``<config>_snapshots``), so pushing is: re-render
+the card with the repo id in its loading example, create the dataset repo if needed, then one
+``upload_folder`` commit per view (``delete_patterns`` removes remote shards a rebuild replaced,
+so the repo never holds a row twice) and a last commit with the card.  The build's
 bookkeeping (``.lora-wise-build/``) and hidden files are never uploaded.
 
 The token is whatever huggingface_hub finds (``HF_TOKEN`` or ``hf auth login``);
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lora_wise.errors import PushError
 from lora_wise.hub import check_repo_id, require_token, talking_to_hub
-from lora_wise.layout import built_configs, data_dir, data_path, shard_paths
+from lora_wise.layout import built_configs, built_views, data_dir, data_path, shard_paths
 from lora_wise.schema import SPLITS
 
 from .write import BUILD_DIR, render
@@ -31,6 +31,8 @@ class PushPlan:
     repo_id: str
     configs: list[str]
     files: list[Path] = field(default_factory=list)
+    #: The folders of shards uploaded: each config's views (``<config>``, ``<config>_snapshots``).
+    views: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -57,8 +59,9 @@ def plan_push(folder: str | os.PathLike, repo_id: str) -> PushPlan:
     if unsealed:
         raise PushError(f"{root} has finished models not sealed into shards yet (configs: {', '.join(unsealed)}); "
                         f"rerun the same `lora-wise build` command to seal them, then push")
-    files = [root / "README.md"] + [p for c in configs for s in SPLITS for p in shard_paths(root, c, s)]
-    return PushPlan(folder=root, repo_id=repo_id, configs=configs, files=files)
+    shown = built_views(root)
+    files = [root / "README.md"] + [p for v in shown for s in SPLITS for p in shard_paths(root, v, s)]
+    return PushPlan(folder=root, repo_id=repo_id, configs=configs, files=files, views=shown)
 
 
 def push(folder: str | os.PathLike, repo_id: str, private: bool = False, dry_run: bool = False,
@@ -76,11 +79,11 @@ def push(folder: str | os.PathLike, repo_id: str, private: bool = False, dry_run
     render(plan.folder, repo=repo_id)  # the card's loading example names the repo
     with talking_to_hub(f"upload to {repo_id}"):
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        for config in plan.configs:
-            api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=data_dir(plan.folder, config),
-                              path_in_repo=data_path(config), allow_patterns=["*.parquet"],
+        for view in plan.views:
+            api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=data_dir(plan.folder, view),
+                              path_in_repo=data_path(view), allow_patterns=["*.parquet"],
                               ignore_patterns=[".*", "**/.*"], delete_patterns=["*.parquet"],
-                              commit_message=f"LoRA-WiSE: upload {config}")
+                              commit_message=f"LoRA-WiSE: upload {view}")
         api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=plan.folder,
                           allow_patterns=["README.md"], commit_message="LoRA-WiSE: dataset card")
     return plan

@@ -18,12 +18,11 @@ import logging
 import os
 
 from lora_wise.baselines import BASELINES, REFERENCE_BASELINES
-from lora_wise.splits import SEED
 
 from .entries import duplicate_key, predictions_sha256
 from .references import available_configs, default_dataset, resolve_config
 from .store import Store, open_store, ranked_entries
-from .submission import ParsedSubmission, RecordDraw, SubmissionError
+from .submission import SubmissionError, parse_record
 from .scoring import SubmitResult, submit
 
 #: Baseline name in ``lora_wise.baselines`` -> method name on the leaderboard.
@@ -34,18 +33,6 @@ REFERENCE_LINK = "https://arxiv.org/abs/2406.19395"
 SEED_ENV = "LORA_WISE_SEED_BASELINES"
 
 log = logging.getLogger(__name__)
-
-
-def as_submission(result) -> ParsedSubmission:
-    """A ``lora_wise.protocol.ProtocolResult`` as the leaderboard reads a results record of it."""
-    draws = tuple(RecordDraw(draw=i, train=d.split.train, test=d.split.test,
-                             predictions=dict(zip(d.model_ids, (float(p) for p in d.predictions))))
-                  for i, d in enumerate(result.draws))
-    source = {"method_class": result.method, "method_params": result.params,
-              "dataset": {"config": result.config.name, "checkpoint_step": result.config.checkpoint_step,
-                          "split_seed": SEED}}
-    return ParsedSubmission(predictions=draws[0].predictions, format="record", protocol=result.protocol,
-                            draws=draws, source=source)
 
 
 def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] | None = None,
@@ -59,6 +46,7 @@ def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] |
     reference entry with the same standard-split predictions already ranked is not added again).
     """
     from lora_wise.data import feature_table
+    from lora_wise.evaluation import to_record
     from lora_wise.protocol import run_protocol
 
     where = str(dataset) if dataset else default_dataset()
@@ -80,7 +68,7 @@ def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] |
             else:
                 table = table if table is not None else feature_table(where, config, progress=progress)
                 result = run_protocol(table, config, baseline, protocol=protocol)
-            parsed = as_submission(result)
+            parsed = parse_record(to_record(result, where, name=method), f"the {baseline} run on {config}")
             predictions = [d.predictions for d in parsed.draws]
             if (method, predictions_sha256(predictions[0])) in existing or \
                     duplicate_key(config, "test", predictions) in keys:

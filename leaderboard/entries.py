@@ -32,12 +32,11 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from lora_wise import jsonio
+from lora_wise.metrics.dataset_size_recovery.scores import FRACTIONS, for_display
 from lora_wise.results import MAX_PREDICTION
 from lora_wise.text import check_link, check_text, one_line, safe_link
 
 METRICS = ("mae", "mape", "accuracy")
-#: Shown as a percentage (the metric returns fractions); the one switch for percent display.
-PERCENT_METRICS = frozenset({"mape", "accuracy"})
 METRIC_NAMES = {"mae": "MAE", "mape": "MAPE", "accuracy": "accuracy"}
 #: The protocols an entry can carry, and how every number says which one it belongs to.
 PROTOCOL_LABELS = {"standard": "standard split", "paper": "paper protocol: mean ± std of 10 draws"}
@@ -46,14 +45,15 @@ ENTRY_FORMAT = 2
 
 
 def format_metric(metric: str, value: float | None, std: float | None = None) -> str:
-    """``0.770``, ``3.97%``, ``86.11 ± 2.50%``: every metric the leaderboard prints goes through here."""
+    """``0.770``, ``3.97%``, ``86.11 ± 2.50%``: every metric the leaderboard prints goes through here
+    (the units are the metric's ``for_display``: MAE in images, MAPE and accuracy in percent)."""
     if value is None:
         return "-"
-    scale, unit = (100.0, "%") if metric in PERCENT_METRICS else (1.0, "")
+    unit = "%" if metric in FRACTIONS else ""
     digits = 2 if unit else 3
-    text = f"{value * scale:.{digits}f}"
+    text = f"{for_display(metric, value):.{digits}f}"
     if std is not None:
-        text += f" ± {std * scale:.{digits}f}"
+        text += f" ± {for_display(metric, std):.{digits}f}"
     return text + unit
 
 
@@ -89,7 +89,7 @@ def new_entry_id() -> str:
 def _from_percent(metrics: dict) -> dict:
     """Metrics of an entry stored in format 1 (MAPE and accuracy in percent) as fractions."""
     out = dict(metrics)
-    for key in PERCENT_METRICS & set(out):
+    for key in set(FRACTIONS) & set(out):
         out[key] = float(out[key]) / 100.0
     if isinstance(out.get("per_size"), dict):
         out["per_size"] = {size: _from_percent(values) for size, values in out["per_size"].items()}

@@ -23,6 +23,7 @@ from .splits import draws, standard_split
 _LAZY = {
     "load_benchmark": "data", "feature_table": "data", "iter_models": "data", "labels": "data",
     "run_protocol": "protocol", "compute_metrics": "metrics.dataset_size_recovery.scores",
+    "evaluate": "evaluation", "Method": "methods", "ModelSet": "methods",
 }
 
 
@@ -31,8 +32,8 @@ def __getattr__(name: str):
 
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    if name == "metrics":  # the evaluate module package; imports evaluate, so only on demand
-        return importlib.import_module(".metrics", __name__)
+    if name in ("metrics", "results"):  # the evaluate module package (imports evaluate on demand); the records
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'lora_wise' has no attribute {name!r}")
 
 

@@ -47,6 +47,10 @@ SD2 = "stabilityai/stable-diffusion-2"
 #: The miniature backbone is generated locally by ``builder.backbones``; this marker
 #: makes the builder create (or reuse) it and load it with ``from_pretrained``.
 MINIATURE = "lora-wise/mini-sd"
+#: The license a build's weights inherit from their backbone, as the Hub's license ids: the
+#: CreativeML OpenRAIL-M of SD 1.5, the CreativeML Open RAIL++-M of SD 2, and Apache-2.0 for
+#: the miniature backbone, which lora-wise generates (as it generates the miniature images).
+BACKBONE_LICENSES = {SD15: "creativeml-openrail-m", SD2: "openrail++", MINIATURE: "apache-2.0"}
 
 #: UNet attention projections adapted by diffusers' DreamBooth-LoRA example.
 ATTENTION_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")

@@ -7,10 +7,19 @@ same way, so ``load_benchmark("lora-wise", "medium_r32")`` and
 ``load_benchmark("user/LoRA-WiSE", "medium_r32")`` differ only in where the
 shards come from.  Arrow memory-maps the shards: iterating models reads one
 LoRA at a time and memory stays flat however large the benchmark is.
+
+Each config has two views (``lora_wise.layout``): ``<config>``, one row per model at the
+config's checkpoint step, and ``<config>_snapshots``, every snapshot.  :func:`labels`,
+:func:`iter_models` and :func:`feature_table` take a ``step`` and read the view that holds
+it: ``"checkpoint"`` (the default, or the checkpoint's number) reads ``<config>``; another
+step number, or ``None`` / ``"all"`` for every snapshot, reads ``<config>_snapshots``.  A
+dataset without a snapshots view (the published release, imported) answers every step
+from ``<config>``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +32,23 @@ from .configs import BenchmarkConfig, canonical_name, get_config
 from .errors import DatasetLayoutError, NotFoundError, UnknownConfigError
 from .features import FeatureTable
 from .hub import is_repo_id, talking_to_hub
-from .layout import read_card_data_files
+from .layout import file_sha256, read_card_data_files, snapshots_config, split_view
 from .lora import LoRAWeights, read_lora
 from .schema import COLUMNS, LABEL_COLUMNS, SPLITS
 
 #: ``step="checkpoint"`` selects each config's default checkpoint (1200 for the paper's low and
-#: medium ranges, 1000 for high); an int selects that step; None keeps every snapshot.
+#: medium ranges, 1000 for high); an int selects that step; None or ``"all"`` keeps every snapshot.
 CHECKPOINT = "checkpoint"
+ALL_STEPS = "all"
+
+
+def _matches(root: Path, pattern: str, config: str) -> list[Path]:
+    """The files a card's pattern names: a glob's matches, or the one file it names, which must exist."""
+    found = list(root.glob(pattern))
+    if not found and not any(c in pattern for c in "*?["):
+        raise DatasetLayoutError(f"{root}: the card lists {pattern} for config {config!r} but the file is missing; "
+                                 f"the folder is being rebuilt or was changed by hand: rerun the build to finish it")
+    return found
 
 
 def local_data_files(root: str | os.PathLike) -> dict[str, dict[str, list[str]]]:
@@ -38,9 +57,36 @@ def local_data_files(root: str | os.PathLike) -> dict[str, dict[str, list[str]]]
     if not (root / "README.md").is_file():
         raise DatasetLayoutError(f"{root}: no README.md with a `configs:` section; this folder is not a "
                                  f"LoRA-WiSE dataset (build one with `lora-wise build --out {root}`)")
-    return {config: {split: sorted({str(p.resolve()) for pattern in patterns for p in root.glob(pattern)})
+    return {config: {split: sorted({str(p.resolve()) for pattern in patterns for p in _matches(root, pattern, config)})
                      for split, patterns in splits.items()}
             for config, splits in read_card_data_files(root).items()}
+
+
+def view_name(config: str) -> str:
+    """The canonical name of a view: ``medium_32`` -> ``medium_r32``, ``medium_32_snapshots`` -> ``medium_r32_snapshots``."""
+    base, snapshots = split_view(config)
+    name = canonical_name(base)
+    return snapshots_config(name) if snapshots else name
+
+
+def _local_files(where: str, name: str, split: str | None) -> dict[str, list[str]]:
+    """split -> absolute Parquet paths of view ``name`` in the folder ``where``; errors naming the fix."""
+    available = local_data_files(where)
+    if name not in available:
+        base, snapshots = split_view(name)
+        build = f"`lora-wise build --config {base} --out {where}`"
+        configs = sorted({split_view(view)[0] for view in available})
+        raise UnknownConfigError(
+            f"{where} has no config {name!r}"
+            + (f"; it has {', '.join(configs)}" if configs else "")
+            + (f". Its snapshots come with a build ({build}); an imported release holds only checkpoints."
+               if snapshots else f". Build it with {build}."))
+    files = {s: f for s, f in available[name].items() if split in (None, s)}
+    empty = [s for s, f in files.items() if not f] or ([] if files else [split])
+    if empty:
+        raise DatasetLayoutError(f"{where} [{name}]: no Parquet files for split(s) {', '.join(empty)}; "
+                                 f"the folder is incomplete: rerun the build to finish it")
+    return files
 
 
 def load_benchmark(path: str | os.PathLike, config: str, split: str | None = None,
@@ -48,7 +94,9 @@ def load_benchmark(path: str | os.PathLike, config: str, split: str | None = Non
     """``datasets.load_dataset(path, config)`` with LoRA-WiSE's names and errors.
 
     Returns a ``DatasetDict`` with ``train`` and ``test`` (or one ``Dataset`` when
-    ``split`` is given).  ``config`` may be an alias (``medium_32``).  ``columns`` reads only
+    ``split`` is given).  ``config`` is a view: ``mini_low_r8`` (one row per model, at its
+    checkpoint) or ``mini_low_r8_snapshots`` (every snapshot); an alias works too
+    (``medium_32``, ``medium_32_snapshots``).  ``columns`` reads only
     those columns (Parquet is columnar: the LoRA bytes are then never read); ``streaming``
     returns iterable datasets (on the Hub, only the needed column chunks are fetched).
 
@@ -60,23 +108,13 @@ def load_benchmark(path: str | os.PathLike, config: str, split: str | None = Non
     """
     import datasets
 
-    name = canonical_name(config)
+    name = view_name(config)
     if split is not None and split not in SPLITS:
         raise DatasetLayoutError(f"unknown split {split!r}: LoRA-WiSE configs have {', '.join(SPLITS)}")
     where = str(path)
     cache = str(cache_dir("datasets"))
     if os.path.exists(where):
-        available = local_data_files(where)
-        if name not in available:
-            raise UnknownConfigError(
-                f"{where} has no config {name!r}"
-                + (f"; it has {', '.join(sorted(available))}" if available else "")
-                + f". Build it with `lora-wise build --config {name} --out {where}`.")
-        files = {s: f for s, f in available[name].items() if split in (None, s)}
-        empty = [s for s, f in files.items() if not f] or ([] if files else [split])
-        if empty:
-            raise DatasetLayoutError(f"{where} [{name}]: no Parquet files for split(s) {', '.join(empty)}; "
-                                     f"the folder is incomplete: rerun the build to finish it")
+        files = _local_files(where, name, split)
         loaded = datasets.load_dataset("parquet", data_files=files, split=split, cache_dir=cache,
                                        columns=columns, streaming=streaming)
     elif not is_repo_id(where):
@@ -104,11 +142,41 @@ def load_benchmark(path: str | os.PathLike, config: str, split: str | None = Non
     return loaded
 
 
+def wanted_step(cfg: BenchmarkConfig, step: int | str | None) -> int | None:
+    """The step number ``step`` stands for: the checkpoint's for ``"checkpoint"``, None for every step."""
+    if step is None or step == ALL_STEPS:
+        return None
+    if step == CHECKPOINT:
+        return cfg.checkpoint_step
+    try:
+        return int(step)
+    except (TypeError, ValueError):
+        raise DatasetLayoutError(f"step {step!r}: give a step number, {CHECKPOINT!r} or {ALL_STEPS!r}") from None
+
+
+def load_steps(path: str | os.PathLike, config: str, step: int | str | None = CHECKPOINT, split: str | None = None,
+               columns: list[str] | None = None, streaming: bool = False):
+    """The view of ``config`` that holds ``step`` (see the module's docstring), loaded as :func:`load_benchmark`.
+
+    Rows are not filtered here: a view may hold other steps than the one asked for
+    (``<config>_snapshots`` holds them all), so callers keep the rows whose ``step`` is
+    :func:`wanted_step` (None: all of them).
+    """
+    cfg = get_config(config)
+    wanted = wanted_step(cfg, step)
+    if wanted == cfg.checkpoint_step:
+        return load_benchmark(path, cfg.name, split, columns, streaming)
+    try:
+        return load_benchmark(path, snapshots_config(cfg.name), split, columns, streaming)
+    except UnknownConfigError:  # no snapshots view (an imported release): its one view has every step there is
+        return load_benchmark(path, cfg.name, split, columns, streaming)
+
+
 def _step_mask(steps: np.ndarray, cfg: BenchmarkConfig, step: int | str | None, where: str) -> np.ndarray:
-    """Which snapshots are at ``step`` (the config's checkpoint, a number, or None for all)."""
-    if step is None:
+    """Which rows are at ``step`` (the config's checkpoint, a number, or None / "all" for every one)."""
+    wanted = wanted_step(cfg, step)
+    if wanted is None:
         return np.ones(len(steps), dtype=bool)
-    wanted = cfg.checkpoint_step if step == CHECKPOINT else int(step)
     keep = steps == wanted
     if not keep.any() and len(steps):
         raise DatasetLayoutError(f"{where} [{cfg.name}] has no snapshots at step {wanted}; it has steps "
@@ -117,7 +185,7 @@ def _step_mask(steps: np.ndarray, cfg: BenchmarkConfig, step: int | str | None, 
 
 
 def _select_step(dataset, cfg: BenchmarkConfig, step: int | str | None, where: str):
-    if step is None:
+    if wanted_step(cfg, step) is None:
         return dataset
     return dataset.select(np.flatnonzero(_step_mask(dataset.data.column("step").to_numpy(), cfg, step, where)))
 
@@ -142,13 +210,14 @@ def labels(path: str | os.PathLike, config: str, split: str = "test", step: int 
     """Model ids and true dataset sizes of one split (what the leaderboard scores against).
 
     Reads only the label columns: never the LoRA weights.  ``streaming`` (default: for Hub
-    repos) fetches just those column chunks instead of downloading whole shards.
+    repos) fetches just those column chunks instead of downloading whole shards.  ``step``
+    as :func:`load_steps` takes it; every snapshot (None) lists a model once per step.
     """
     cfg = get_config(config)
     where = str(path)
     if streaming is None:
         streaming = not os.path.exists(where)
-    ds = load_benchmark(path, cfg.name, split, columns=_LABELS, streaming=streaming)
+    ds = load_steps(path, cfg.name, step, split, columns=_LABELS, streaming=streaming)
     if hasattr(ds, "data"):
         table = ds.data.select(_LABELS).to_pydict()
     else:  # streamed from the Hub
@@ -165,11 +234,11 @@ def labels(path: str | os.PathLike, config: str, split: str = "test", step: int 
 def iter_models(path: str | os.PathLike, config: str, splits: tuple[str, ...] = SPLITS,
                 step: int | str | None = CHECKPOINT, progress: bool = False
                 ) -> Iterator[tuple[dict, LoRAWeights]]:
-    """Yield ``(labels, weights)`` for every snapshot, one at a time."""
+    """Yield ``(labels, weights)`` for every model at ``step`` (every snapshot for None / "all"), one at a time."""
     cfg = get_config(config)
     parts = []
     for split in splits:
-        ds = _select_step(load_benchmark(path, cfg.name, split), cfg, step, str(path))
+        ds = _select_step(load_steps(path, cfg.name, step, split), cfg, step, str(path))
         parts.append((split, ds))
     total = sum(len(ds) for _, ds in parts)
     bar = None
@@ -192,6 +261,70 @@ def iter_models(path: str | os.PathLike, config: str, splits: tuple[str, ...] = 
 
 def feature_table(path: str | os.PathLike, config: str, splits: tuple[str, ...] = SPLITS,
                   step: int | str | None = CHECKPOINT, progress: bool = False) -> FeatureTable:
-    """Spectral features of every model of a config, computed streaming (see features.py)."""
+    """Spectral features of every model of a config, computed streaming (see features.py).
+
+    ``step``: ``"checkpoint"`` (one row per model), a step number, or None / ``"all"`` (one
+    row per snapshot; ``table.steps`` tells them apart).
+    """
     cfg = get_config(config)
     return FeatureTable.build(iter_models(path, cfg.name, splits, step, progress), rank=cfg.rank)
+
+
+class WeightsByModel:
+    """The LoRA weights of a config's models at one step, by model id, read only when asked for.
+
+    Opens the view holding ``step`` (memory-mapped Arrow: nothing but the model ids is read
+    up front) and reads one model's LoRA per call; :class:`lora_wise.methods.ModelSet` hands it
+    to a method as ``weights(i)``.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: str, step: int | str = CHECKPOINT,
+                 splits: tuple[str, ...] = SPLITS):
+        cfg = get_config(config)
+        if wanted_step(cfg, step) is None:
+            raise DatasetLayoutError("weights by model need one step (a model has one row per step); "
+                                     f"pass {CHECKPOINT!r} or a step number")
+        self._parts = {split: _select_step(load_steps(path, cfg.name, step, split), cfg, step, str(path))
+                       for split in splits}
+        self._where: dict[str, tuple[str, int]] = {}
+        for split, ds in self._parts.items():
+            for row, model_id in enumerate(ds.data.column("model_id").to_pylist() if len(ds) else []):
+                self._where[model_id] = (split, row)
+
+    def __contains__(self, model_id: str) -> bool:
+        return model_id in self._where
+
+    def __call__(self, model_id: str) -> LoRAWeights:
+        try:
+            split, row = self._where[model_id]
+        except KeyError:
+            raise NotFoundError(f"no model {model_id!r} in this dataset at this step") from None
+        return read_lora(self._parts[split][row]["lora"], name=model_id)
+
+
+def dataset_source(path: str | os.PathLike) -> str:
+    """How a results record names a dataset: its Hub repo id, or its folder's name (never a path)."""
+    where = str(path)
+    return Path(where).resolve().name if os.path.exists(where) else where
+
+
+def fingerprint(path: str | os.PathLike, config: str) -> str:
+    """What identifies the data a method was scored on, for its results record.
+
+    A folder: ``sha256:<hex>`` over the names and SHA-256 of the shards of ``config``'s view
+    (both splits); a Hub repo: ``hub:<repo>@<revision>``, the commit the Hub serves now.
+    """
+    name = view_name(config)
+    where = str(path)
+    if os.path.exists(where):
+        digest = hashlib.sha256()
+        for split, files in sorted(_local_files(where, name, None).items()):
+            for file in files:
+                digest.update(f"{split}/{Path(file).name} {file_sha256(file)}\n".encode())
+        return "sha256:" + digest.hexdigest()
+    if not is_repo_id(where):
+        raise NotFoundError(f"{where}: no such folder, and not a Hub dataset repo id (<user or org>/<name>)")
+    from huggingface_hub import HfApi
+
+    with talking_to_hub(f"read the revision of {where}"):
+        return f"hub:{where}@{HfApi().dataset_info(where).sha}"

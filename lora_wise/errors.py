@@ -21,6 +21,7 @@ any other exception is a bug and shows its traceback.
     ├── DatasetSizeRecoveryInputError (ValueError)   predictions the metric cannot score
     ├── ResultsRecordError (ValueError)       a results record that is not valid JSON of its schema
     ├── TextPolicyError (ValueError)          a name, authors, link or reason outside the character policy
+    ├── MethodError (ValueError)              a method that cannot be loaded or breaks the method interface
     ├── MissingDependencyError (ImportError)  an optional dependency is not installed
     ├── RepoIdError (ValueError)              not a Hub repo id (owner/name)
     ├── HubError (OSError)                    the Hub or the network to it failed
@@ -97,6 +98,10 @@ class ResultsRecordError(LoRAWiSEError, ValueError):
 
 class TextPolicyError(LoRAWiSEError, ValueError):
     """Text a person gave (a name, authors, a link, a reason) breaks the character policy of ``lora_wise.text``."""
+
+
+class MethodError(LoRAWiSEError, ValueError):
+    """A method (``lora_wise.methods``) that cannot be loaded, or that breaks the interface (what ``predict`` returns)."""
 
 
 class MissingDependencyError(LoRAWiSEError, ImportError):

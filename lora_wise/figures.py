@@ -26,9 +26,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .metrics.dataset_size_recovery.scores import for_display
+
 METRIC_LABELS = {"mae": "MAE (images) ↓", "mape": "MAPE (%) ↓", "accuracy": "accuracy (%) ↑"}
-#: Metrics that entries hold as fractions and the figures show in percent.
-PERCENT_METRICS = ("mape", "accuracy")
 
 
 def _figure(width: float = 6.4, height: float = 4.8, ncols: int = 1):
@@ -79,9 +79,8 @@ def plot_metrics_by_method(entries: Iterable, title: str = "Leaderboard by confi
     """Grouped bars of MAE, MAPE and accuracy: one group per config, one bar per method.
 
     ``entries`` are leaderboard ``Entry`` objects (or dicts with config, method, mae,
-    mape, accuracy; MAPE and accuracy as fractions, drawn in percent); where a method has
-    several entries on a config, its best (lowest MAE) is drawn.  Bar containers are
-    labelled with the method name.
+    mape, accuracy, MAPE and accuracy as the metric's fractions, drawn in percent); where a
+    method has several entries on a config, its best (lowest MAE) is drawn.  Bar containers are labelled with the method name.
     """
     best: dict[tuple[str, str], object] = {}
     for entry in entries:
@@ -95,9 +94,8 @@ def plot_metrics_by_method(entries: Iterable, title: str = "Leaderboard by confi
     x = np.arange(len(configs))
     for ax, metric in zip(axes, ("mae", "mape", "accuracy")):
         for i, method in enumerate(methods):
-            scale = 100.0 if metric in PERCENT_METRICS else 1.0
-            heights = [scale * float(_value(best[(c, method)], metric)) if (c, method) in best else np.nan
-                       for c in configs]
+            heights = [for_display(metric, float(_value(best[(c, method)], metric))) if (c, method) in best
+                       else np.nan for c in configs]  # MAPE and accuracy are fractions: bars in percent
             ax.bar(x + (i - (len(methods) - 1) / 2) * width, heights, width, label=method)
         ax.set_xticks(x, configs, rotation=20, ha="right")
         ax.set_ylabel(METRIC_LABELS[metric])
@@ -121,7 +119,7 @@ def plot_accuracy_per_size(series: dict[str, dict], title: str = "Accuracy per d
     sizes = sorted({float(s) for values in series.values() for s in values})
     positions = {size: i for i, size in enumerate(sizes)}
     for label, values in series.items():
-        points = sorted((float(s), 100.0 * float(a)) for s, a in values.items())
+        points = sorted((float(s), for_display("accuracy", float(a))) for s, a in values.items())
         ax.plot([positions[s] for s, _ in points], [a for _, a in points], marker="o", label=label)
     ax.set_xticks(range(len(sizes)), [f"{s:g}" for s in sizes])
     ax.set_xlabel("true dataset size (images)")

@@ -3,7 +3,9 @@
 ``resources/paper_results.csv`` holds every number of Salama et al. (2024),
 Tables 2-9: mean and standard deviation over 10 repetitions of MAE, MAPE (%)
 and accuracy (%), keyed by table, size range, backbone, rank, method and
-variant (ablation).
+variant (ablation).  The CSV keeps the paper's percent; :func:`paper_results`
+converts MAPE and accuracy to fractions, the units of the metric, so ours and
+the paper's are compared as they are (this is the one place of that conversion).
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from importlib import resources
 
 from .configs import BenchmarkConfig
 
+#: The paper on arXiv: Salama, Kahana, Horwitz, Hoshen (2024), Dataset Size Recovery from LoRA Weights.
+ARXIV_ID = "2406.19395"
+
 
 @dataclass(frozen=True)
 class PaperResult:
+    """One row of the paper: MAE in images, MAPE and accuracy as fractions (as the metric returns them)."""
+
     table: int
     data_range: str
     backbone: str
@@ -32,6 +39,11 @@ class PaperResult:
     accuracy_std: float
 
 
+def _fraction(percent: str) -> float:
+    """A percent of the paper's CSV as the metric's fraction (``"86.1"`` -> 0.861)."""
+    return round(float(percent) / 100.0, 12)
+
+
 @lru_cache(maxsize=1)
 def paper_results() -> tuple[PaperResult, ...]:
     text = resources.files("lora_wise").joinpath("resources/paper_results.csv").read_text()
@@ -40,9 +52,9 @@ def paper_results() -> tuple[PaperResult, ...]:
         rows.append(PaperResult(
             table=int(row["table"]), data_range=row["data_range"], backbone=row["backbone"],
             rank=int(row["rank"]), method=row["method"], variant=row["variant"],
-            mae=float(row["mae"]), mae_std=float(row["mae_std"]), mape=float(row["mape_pct"]),
-            mape_std=float(row["mape_pct_std"]), accuracy=float(row["acc_pct"]),
-            accuracy_std=float(row["acc_pct_std"])))
+            mae=float(row["mae"]), mae_std=float(row["mae_std"]), mape=_fraction(row["mape_pct"]),
+            mape_std=_fraction(row["mape_pct_std"]), accuracy=_fraction(row["acc_pct"]),
+            accuracy_std=_fraction(row["acc_pct_std"])))
     return tuple(rows)
 
 

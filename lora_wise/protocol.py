@@ -1,30 +1,34 @@
-"""Run a baseline over the standard split or the paper's 10 draws and summarise it.
+"""Run a method over the standard split or the paper's 10 draws and summarise it.
 
-For each draw the baseline is fitted on the models of the train micro-datasets
-and predicts the models of the test micro-datasets; the dataset size recovery
-metric scores the predictions.  The summary is the mean and standard deviation
-over draws (``numpy.std``, ddof=0), printed beside the paper's figure where the
-paper reports one.
+A method is anything with ``fit(train, sizes)`` and ``predict(test)`` over model sets
+(:mod:`lora_wise.methods`); the built-in baselines are methods like any other.  For each
+draw a fresh instance is fitted on the models of the train micro-datasets and predicts
+the models of the test micro-datasets, which it sees without their sizes; the dataset size
+recovery metric scores the predictions.  The summary is the mean and standard deviation
+over draws (``numpy.std``, ddof=0), printed beside the paper's figure where the paper
+reports one (for the built-in baselines).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from .baselines import LayerwiseVote, get_baseline, parse_matrices
+from .baselines import BASELINES, baseline_class, parse_matrices
 from .configs import BenchmarkConfig, get_config
-from .errors import DatasetLayoutError, OptionError
+from .errors import DatasetLayoutError, MethodError, OptionError
 from .features import MATRICES, FeatureTable
-from .metrics.dataset_size_recovery.scores import compute_metrics
+from .lora import LoRAWeights
+from .methods import ModelSet, check_predictions, class_reference, method_name, method_params
+from .metrics.dataset_size_recovery.scores import DISPLAY_LABELS, compute_metrics, for_display
 from .paper import PaperResult, paper_result
-from .splits import PAPER_DRAWS, Split, draws
-
-PROTOCOLS = {"standard": 1, "paper": PAPER_DRAWS}
-METRICS = ("mae", "mape", "accuracy")
+from .results import METRICS, PROTOCOLS
+from .splits import Split, draws
 
 
 @dataclass
@@ -46,6 +50,10 @@ class ProtocolResult:
     protocol: str
     draws: list[DrawResult] = field(default_factory=list)
     step: int | None = None  # the snapshot step of the models scored (None: mixed steps)
+    #: Where the method's class lives: ``module:Class`` or ``file.py:Class``.
+    method_class: str = ""
+    #: A built-in baseline (``BASELINES``): the paper may report a figure for it.
+    builtin: bool = False
 
     def mean(self, metric: str) -> float:
         return float(np.mean([d.metrics[metric] for d in self.draws]))
@@ -59,6 +67,8 @@ class ProtocolResult:
     @property
     def paper(self) -> PaperResult | None:
         """The paper's row for exactly this experiment, or None where the paper reports none."""
+        if not self.builtin:
+            return None
         key = paper_row_key(self.method, self.params, self.config, self.step)
         return paper_result(self.config, *key) if key else None
 
@@ -74,12 +84,11 @@ class ProtocolResult:
         title = (f"{self.method} on {self.config.name} ({self.protocol} protocol, {n} draw"
                  f"{'s' if n > 1 else ''}, {len(self.standard.model_ids)} test models in the first)")
         lines = [title, f"{'metric':<14}{'ours':>20}{'paper':>20}"]
-        for metric, label, attr in (("mae", "MAE", "mae"), ("mape", "MAPE (%)", "mape"),
-                                    ("accuracy", "Acc (%)", "accuracy")):
-            ours = f"{self.mean(metric):.2f} ± {self.std(metric):.2f}"
-            theirs = (f"{getattr(paper, attr):.2f} ± {getattr(paper, attr + '_std'):.2f}"
-                      if paper else "-")
-            lines.append(f"{label:<14}{ours:>20}{theirs:>20}")
+        for metric in METRICS:  # MAPE and accuracy are fractions; the table prints percent
+            ours = f"{for_display(metric, self.mean(metric)):.2f} ± {for_display(metric, self.std(metric)):.2f}"
+            theirs = (f"{for_display(metric, getattr(paper, metric)):.2f} ± "
+                      f"{for_display(metric, getattr(paper, metric + '_std')):.2f}" if paper else "-")
+            lines.append(f"{DISPLAY_LABELS[metric]:<14}{ours:>20}{theirs:>20}")
         if paper is None and self.config.miniature:
             lines.append("(the paper reports no figure for miniature configs)")
         return "\n".join(lines)
@@ -115,21 +124,58 @@ def paper_row_key(method: str, params: dict, config: BenchmarkConfig,
     return method, variants[0] if variants else ""
 
 
-def run_protocol(table: FeatureTable, config: str | BenchmarkConfig, method: str | LayerwiseVote = "dsire",
+def _options(cls: type) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+
+
+def method_factory(method: Any, options: dict) -> tuple[Callable[[], Any], Any]:
+    """A maker of fresh, unfitted instances of ``method`` (a baseline name, a class or an instance), and one instance."""
+    if isinstance(method, (str, type)):
+        cls = baseline_class(method) if isinstance(method, str) else method
+        try:
+            template = cls(**options)
+        except TypeError as exc:  # an option the constructor does not take
+            given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            raise MethodError(f"{cls.__name__}({given}): {exc}; its options: "
+                              f"{', '.join(_options(cls)) or 'none'}") from None
+        if isinstance(method, type):
+            return (lambda: method(**options)), template
+    else:
+        if options:
+            raise MethodError("options go with a method's name or class, not with an instance (it has its own)")
+        template = method
+    if not callable(getattr(template, "fit", None)) or not callable(getattr(template, "predict", None)):
+        raise MethodError(f"{type(template).__name__} is not a method: it needs fit(train, sizes) and predict(test)")
+    if callable(getattr(template, "clone", None)):
+        return template.clone, template
+    return (lambda: copy.deepcopy(template)), template
+
+
+def run_protocol(table: FeatureTable, config: str | BenchmarkConfig, method: Any = "dsire",
                  protocol: str = "standard", train_micro_datasets: int | None = None,
-                 **options) -> ProtocolResult:
+                 weights: Callable[[str], LoRAWeights] | None = None, **options) -> ProtocolResult:
     """Fit and score ``method`` on each draw of ``protocol`` over the models in ``table``.
 
-    ``train_micro_datasets`` trains on only the first n train micro-datasets of each
-    draw (the paper's Fig. 5); ``options`` go to the baseline (k, vote, matrices ...).
+    ``method`` is a baseline's name (``dsire``; ``options`` go to it: k, vote, matrices ...), a
+    method class (instantiated for each draw with ``options``) or a method instance (copied,
+    unfitted, for each draw): anything with ``fit(train, sizes)`` and ``predict(test)`` over
+    :class:`~lora_wise.methods.ModelSet` s.  ``weights`` reads a model's LoRA by id, for
+    methods that call ``models.weights(i)`` (``lora_wise.data.WeightsByModel``).
+    ``train_micro_datasets`` trains on only the first n train micro-datasets of each draw (the
+    paper's Fig. 5).
     """
     cfg = get_config(config) if isinstance(config, str) else config
     if protocol not in PROTOCOLS:
         raise OptionError(f"unknown protocol {protocol!r}: choose {' or '.join(PROTOCOLS)}")
-    template = get_baseline(method, **options) if isinstance(method, str) else method
+    make, template = method_factory(method, options)
+    params = method_params(template) or dict(options)
     steps = np.unique(table.steps)
-    result = ProtocolResult(method=template.name, params=template.params(), config=cfg, protocol=protocol,
-                            step=int(steps[0]) if len(steps) == 1 else None)
+    result = ProtocolResult(method=method_name(template), params=params, config=cfg, protocol=protocol,
+                            step=int(steps[0]) if len(steps) == 1 else None,
+                            method_class=class_reference(type(template)),
+                            builtin=type(template) in BASELINES.values())
     for i, split in enumerate(draws(cfg, PROTOCOLS[protocol])):
         train_ids = split.train[:train_micro_datasets] if train_micro_datasets else split.train
         train_rows, test_rows = table.rows_of(train_ids), table.rows_of(split.test)
@@ -139,10 +185,11 @@ def run_protocol(table: FeatureTable, config: str | BenchmarkConfig, method: str
                 f"draw {i} of {cfg.name} has no {side} models among the {len(table)} models read "
                 f"(its {side} micro-datasets: {sorted(split.train if side == 'train' else split.test)}); "
                 f"build more micro-datasets (`lora-wise build --config {cfg.name}`)")
-        model = template.clone()
-        model.fit(table.subset(train_rows))
-        test = table.subset(test_rows)
-        predictions = model.predict(test)
+        train, test = table.subset(train_rows), table.subset(test_rows)
+        test_set = ModelSet.from_table(test, weights)  # the models only: no sizes
+        model = make()
+        model.fit(ModelSet.from_table(train, weights), train.dataset_sizes.copy())
+        predictions = check_predictions(model.predict(test_set), test_set, result.method)
         metrics = compute_metrics(predictions, test.dataset_sizes)
         result.draws.append(DrawResult(split=split, metrics=metrics, model_ids=test.model_ids,
                                        references=test.dataset_sizes, predictions=predictions))

@@ -18,9 +18,9 @@ import numpy as np
 from .baselines import BASELINES, REFERENCE_BASELINES
 from .configs import BenchmarkConfig, get_config
 from .features import FeatureTable
-from .metrics.dataset_size_recovery.scores import compute_metrics
+from .metrics.dataset_size_recovery.scores import compute_metrics, for_display
 from .paper import paper_counterpart
-from .protocol import ProtocolResult, run_protocol
+from .protocol import METRICS, ProtocolResult, run_protocol
 
 METHODS = REFERENCE_BASELINES
 METHOD_NAMES = {name: cls.title for name, cls in BASELINES.items()}
@@ -93,9 +93,9 @@ def results_table(analyses: list[ConfigAnalysis]) -> str:
     for analysis in analyses:
         for method, result in analysis.results.items():
             paper, source = paper_counterpart(analysis.config, method)
-            ours = [_cell(result.mean(m), result.std(m)) for m in ("mae", "mape", "accuracy")]
-            theirs = ([_cell(paper.mae, paper.mae_std), _cell(paper.mape, paper.mape_std),
-                       _cell(paper.accuracy, paper.accuracy_std)] if paper else ["-"] * 3)
+            ours = [_cell(for_display(m, result.mean(m)), for_display(m, result.std(m))) for m in METRICS]
+            theirs = ([_cell(for_display(m, getattr(paper, m)), for_display(m, getattr(paper, m + "_std")))
+                       for m in METRICS] if paper else ["-"] * 3)
             lines.append(f"| `{analysis.config.name}` | {analysis.config.size_range} | "
                          f"{METHOD_NAMES.get(method, method)} | " + " | ".join(ours + theirs) + f" | {source} |")
     return "\n".join(lines)
@@ -145,9 +145,9 @@ def write_report(analyses: list[ConfigAnalysis], out: str | Path,
                                               title=f"Mean Frobenius norm of BA per model, {name}"),
             "layers": figures.plot_layer_accuracy(list(analysis.layer_names), analysis.layer_accuracy,
                                                   title=f"Accuracy of each layer alone (DSiRe), {name}"),
-            "train": figures.plot_accuracy_vs_train_size(
-                analysis.train_sizes, [m for m, _ in analysis.train_size_accuracy],
-                [s for _, s in analysis.train_size_accuracy],
+            "train": figures.plot_accuracy_vs_train_size(  # accuracy is a fraction: plotted in percent
+                analysis.train_sizes, [for_display("accuracy", m) for m, _ in analysis.train_size_accuracy],
+                [for_display("accuracy", s) for _, s in analysis.train_size_accuracy],
                 title=f"DSiRe accuracy vs training micro-datasets, {name}"),
         }
         paths = {}

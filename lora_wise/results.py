@@ -396,3 +396,22 @@ def predictions_digest(record: dict, draw: int = 0) -> str:
     """``sha256:<hex>`` of one draw's predictions (canonical JSON): equal predictions, equal digest."""
     predictions = {k: float(v) for k, v in record["draws"][draw]["predictions"].items()}
     return "sha256:" + hashlib.sha256(canonical_json(predictions).encode()).hexdigest()
+
+
+def summary_table(record: dict) -> str:
+    """A record's numbers as a small table: mean ± std over the draws, and the standard split.
+
+    MAPE and accuracy are printed in percent (the record holds fractions).
+    """
+    from .metrics.dataset_size_recovery.scores import DISPLAY_LABELS, for_display
+
+    n = len(record["draws"])
+    lines = [f"{record['method']['name']} on {record['dataset']['config']} ({record['protocol']} protocol, "
+             f"{n} draw{'s' if n > 1 else ''}, step {record['dataset']['checkpoint_step']})",
+             f"{'metric':<14}{'mean ± std':>20}{'standard split':>18}"]
+    for metric in METRICS:
+        summary = record["summary"][metric]
+        mean, std = for_display(metric, summary["mean"]), for_display(metric, summary["std"])
+        standard = for_display(metric, record["standard"]["metrics"][metric])
+        lines.append(f"{DISPLAY_LABELS[metric]:<14}{f'{mean:.2f} ± {std:.2f}':>20}{standard:>18.2f}")
+    return "\n".join(lines)

@@ -2,7 +2,9 @@
 
 The builder writes rows with this schema, the importer of the published release
 converts into it, and every reader relies on it.  A Parquet shard of any config
-has exactly these columns, in this order.
+has exactly these columns, in this order, in both views of a config
+(``lora_wise.layout``): ``<config>``, one row per model (its snapshot at the
+config's checkpoint step), and ``<config>_snapshots``, every snapshot.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import pyarrow as pa
 #: Column name -> (Arrow type, meaning).  The order is the order of the columns.
 COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "model_id": (pa.string(), "Identity of the fine-tuned model: `<config>/<micro_dataset>/n<size>`; "
-                              "unique per model, shared by its snapshots."),
+                              "unique in a config, shared by a model's snapshots."),
     "config": (pa.string(), "Benchmark config name (see `lora-wise configs`)."),
     "micro_dataset": (pa.string(), "Name of the micro-dataset (concept or class) the images came from."),
     "micro_dataset_index": (pa.int32(), "Position of the micro-dataset in the config's list; "

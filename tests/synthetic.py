@@ -14,7 +14,7 @@ import numpy as np
 from safetensors.numpy import save
 
 from lora_wise.configs import get_config
-from lora_wise.layout import render_card, write_shards
+from lora_wise.layout import render_card, snapshots_config, write_shards
 from lora_wise.schema import model_id
 from lora_wise.splits import standard_split
 
@@ -57,10 +57,17 @@ def model_rows(config: str, micro_datasets: int | None = None, steps: tuple[int,
     return out
 
 
+def write_views(root: Path, config: str, rows_by_split: dict[str, list[dict]]) -> None:
+    """Both views of ``config``, as the builder seals them: the checkpoint's rows, and every row."""
+    cfg = get_config(config)
+    for split, rows in rows_by_split.items():
+        write_shards([r for r in rows if r["step"] == cfg.checkpoint_step], root, cfg.name, split)
+        write_shards(rows, root, snapshots_config(cfg.name), split)
+
+
 def write_synthetic_benchmark(root: Path, configs=("mini_low_r8",), **kwargs) -> Path:
     """A LoRA-WiSE folder with synthetic models for ``configs``; returns ``root``."""
     for config in configs:
-        for split, rows in model_rows(config, **kwargs).items():
-            write_shards(rows, root, get_config(config).name, split)
+        write_views(root, config, model_rows(config, **kwargs))
     render_card(root)
     return root

@@ -42,15 +42,17 @@ def backbone(tiny_backbone):  # noqa: F811
     return load_backbone(str(tiny_backbone), device="cpu")
 
 
-def _rows(out, split=None):
-    """``load_dataset`` of the folder, into a fresh cache: datasets keys its cache of a local folder by
-    folder name and data-file patterns, not by the files, so a grown folder would read stale rows."""
+SNAPSHOTS = TEST_CONFIG + "_snapshots"
+
+
+def _rows(out, split=None, config=SNAPSHOTS):
+    """``load_dataset`` of the folder (every snapshot, by default), into a temporary cache."""
     import tempfile
 
     import datasets
 
     with tempfile.TemporaryDirectory(prefix="lw-ds-") as cache:
-        ds = datasets.load_dataset(str(out), TEST_CONFIG, cache_dir=cache, keep_in_memory=True)
+        ds = datasets.load_dataset(str(out), config, cache_dir=cache, keep_in_memory=True)
     return ds if split is None else ds[split]
 
 
@@ -80,19 +82,32 @@ def test_build_round_trips_through_load_dataset_and_lora_wise(built, test_cfg): 
             seen.add((row["model_id"], row["step"]))
     assert len(seen) == 24 == len(ds["train"]) + len(ds["test"])
     assert {s for _, s in seen} == {2, 4}
+    # the default config: one row per model, its checkpoint snapshot, byte for byte
+    default = _rows(out, config=TEST_CONFIG)
+    for side in ("train", "test"):
+        assert default[side].column_names == list(COLUMNS)
+        checkpoints = [r for r in ds[side] if r["step"] == test_cfg.checkpoint_step]
+        assert [r["model_id"] for r in default[side]] == [r["model_id"] for r in checkpoints]
+        assert [r["lora"] for r in default[side]] == [r["lora"] for r in checkpoints]
     # the lora_wise readers see the same benchmark
     table = lora_wise.feature_table(str(out), TEST_CONFIG)
     assert len(table.model_ids) == 12 and sorted(set(table.dataset_sizes.tolist())) == [1, 2, 4]
+    assert len(lora_wise.feature_table(str(out), TEST_CONFIG, step=None)) == 24
 
 
-def test_card_lists_every_built_config_with_both_splits(built):
+def test_card_lists_every_built_config_in_both_views_with_both_splits(built):
     out, _, _ = built
     text = (out / "README.md").read_text()
     meta = yaml.safe_load(text.split("---")[1])
-    entry = next(c for c in meta["configs"] if c["config_name"] == TEST_CONFIG)
-    assert {f["split"]: f["path"] for f in entry["data_files"]} == {
-        "train": f"data/{TEST_CONFIG}/train-*.parquet", "test": f"data/{TEST_CONFIG}/test-*.parquet"}
+    for view in (TEST_CONFIG, SNAPSHOTS):  # every shard by name, so a rebuild changes the list
+        entry = next(c for c in meta["configs"] if c["config_name"] == view)
+        listed = {f["split"]: f["path"] if isinstance(f["path"], list) else [f["path"]] for f in entry["data_files"]}
+        assert listed == {split: sorted(p.relative_to(out).as_posix() for p in (out / "data" / view).glob(
+            f"{split}-*.parquet")) for split in ("train", "test")}
     assert "Dataset Size Recovery from LoRA Weights" in text
+    # a miniature-only build is lora-wise's own content: Apache-2.0, no Hub base model
+    assert meta["license"] == "apache-2.0" and "base_model" not in meta
+    assert "arxiv:2406.19395" in meta["tags"] and meta["size_categories"] == ["n<1K"]
 
 
 def test_snapshot_loads_into_a_diffusers_pipeline(built, tiny_backbone, tmp_path):  # noqa: F811
@@ -220,11 +235,11 @@ def test_v_prediction_backbone_trains_on_velocity(backbone, tiny_backbone, tmp_p
 
 def test_rerun_skips_finished_units_and_keeps_the_data(built):
     out, _, options = built
-    before = {p.name: p.read_bytes() for p in (out / "data" / TEST_CONFIG).iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in (out / "data").rglob("*.parquet")}
     summary = build([TEST_CONFIG], options)
     assert summary.models_built == 0 and summary.models_skipped == 12
-    after = {p.name: p.read_bytes() for p in (out / "data" / TEST_CONFIG).iterdir()}
-    assert before == after
+    after = {p.relative_to(out): p.read_bytes() for p in (out / "data").rglob("*.parquet")}
+    assert before == after and len(before) == 4  # two views, two splits
 
 
 def test_partial_build_grows_to_the_full_build(built, tmp_path):
@@ -239,8 +254,80 @@ def test_partial_build_grows_to_the_full_build(built, tmp_path):
     grown = [(r["model_id"], r["step"], r["lora"]) for s in ("train", "test") for r in _rows(other, s)]
     assert len(grown) == len({(m, s) for m, s, _ in grown}) == 24
     assert all(full[(m, s)] == lora for m, s, lora in grown)
-    assert len(list((other / "data" / TEST_CONFIG).glob("*.parquet"))) > 2  # the size bound split shards
+    assert len(list((other / "data" / SNAPSHOTS).glob("*.parquet"))) > 2  # the size bound split shards
     assert not list((other / BUILD_DIR / TEST_CONFIG / "units").glob("*.parquet"))
+    # the default view grew alongside, as one build would have sealed it
+    assert sorted(r["model_id"] for r in _rows(other, "test", TEST_CONFIG)) == sorted(
+        r["model_id"] for r in _rows(out, "test", TEST_CONFIG))
+
+
+def _load_in_a_new_process(folder, config: str, hf_cache) -> dict[str, list]:
+    """The README's plain call, ``datasets.load_dataset(folder, config)``, in a fresh interpreter with the
+    given (shared) datasets cache: what a user does after a rebuild."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import datasets, json, sys\n"
+            "ds = datasets.load_dataset(sys.argv[1], sys.argv[2])\n"
+            "print(json.dumps({s: sorted(zip(ds[s]['model_id'], ds[s]['step'])) for s in ds}))")
+    env = dict(os.environ, HF_DATASETS_CACHE=str(hf_cache))
+    result = subprocess.run([sys.executable, "-c", code, folder.name, config], cwd=str(folder.parent), env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {s: [tuple(x) for x in v] for s, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}
+
+
+def test_a_plain_load_dataset_after_a_rebuild_reads_the_new_rows(built, tiny_backbone, tmp_path):  # noqa: F811
+    """`lora-wise build --micro-datasets 2`, then 4, into one folder; between and after, the plain
+    `datasets.load_dataset(folder, config)` in a new process sharing one datasets cache: the shard
+    names change with their content, so the second load is not the first one's cached rows."""
+    from builder_fixtures import run_cli_subprocess
+
+    out, hf_cache = tmp_path / "lora-wise", tmp_path / "hf-datasets"
+    args = ["build", "--config", TEST_CONFIG, "--out", str(out), "--backbone", str(tiny_backbone), "--no-progress",
+            "--threads", "1"]
+    assert run_cli_subprocess(args + ["--micro-datasets", "2"]).returncode == 0
+    before = {view: _load_in_a_new_process(out, view, hf_cache) for view in (TEST_CONFIG, SNAPSHOTS)}
+    assert sum(map(len, before[TEST_CONFIG].values())) == 6 and sum(map(len, before[SNAPSHOTS].values())) == 12
+    assert run_cli_subprocess(args + ["--micro-datasets", "4"]).returncode == 0
+    for view in (TEST_CONFIG, SNAPSHOTS):
+        after = _load_in_a_new_process(out, view, hf_cache)
+        expected = {s: sorted((r["model_id"], r["step"]) for r in rows) for s, rows in _rows(out, None, view).items()}
+        assert after == expected and after != before[view]
+    assert sum(map(len, after.values())) == 24
+
+
+def test_a_folder_built_by_an_older_version_is_migrated_to_both_views(built, tmp_path):
+    """Manifest version 1 kept every snapshot in data/<config>/ (names without a digest): a build
+    opening such a folder unseals its rows into units and seals them into both views, which then
+    equal a fresh build's byte for byte, with nothing retrained."""
+    out, _, options = built
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    store = old / BUILD_DIR / TEST_CONFIG
+    manifest = json.loads((store / "manifest.json").read_text())
+    shutil.rmtree(old / "data" / TEST_CONFIG)
+    shards = {}
+    for split in ("train", "test"):
+        names = []
+        for i, path in enumerate(sorted((old / "data" / SNAPSHOTS).glob(f"{split}-*.parquet"))):
+            names.append(f"{split}-{i:05d}.parquet")
+            (old / "data" / TEST_CONFIG).mkdir(parents=True, exist_ok=True)
+            path.rename(old / "data" / TEST_CONFIG / names[-1])
+        shards[split] = names
+    shutil.rmtree(old / "data" / SNAPSHOTS)
+    (store / "manifest.json").write_text(json.dumps({
+        "version": 1, "config": TEST_CONFIG, "fingerprint": manifest["fingerprint"], "units": manifest["units"],
+        "shards": shards, "next_index": {s: len(n) for s, n in shards.items()}, "seal": 3}))
+    summary = build([TEST_CONFIG], dataclasses.replace(options, out=old))
+    assert summary.models_built == 0 and summary.models_skipped == 12
+    fresh = {p.relative_to(out): p.read_bytes() for p in (out / "data").rglob("*.parquet")}
+    migrated = {p.relative_to(old): p.read_bytes() for p in (old / "data").rglob("*.parquet")}
+    assert migrated == fresh
+    assert json.loads((store / "manifest.json").read_text())["version"] == 2
+    assert not list((store / "units").glob("*.parquet"))
 
 
 def test_resuming_with_another_backbone_is_refused(built, tmp_path, tiny_backbone):  # noqa: F811

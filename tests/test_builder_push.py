@@ -41,8 +41,9 @@ def test_push_creates_the_repo_and_uploads_card_and_shards(folder, fake_hub, cap
                                                 "private": True, "exist_ok": True}
     uploads = [kwargs for name, kwargs in api.calls[1:]]
     assert all(u["repo_type"] == "dataset" for u in uploads)
-    assert [u["path_in_repo"] for u in uploads] == ["data/mini_low_r8", "data/mini_medium_r8", None]
-    assert all(u["delete_patterns"] == ["*.parquet"] for u in uploads[:2])  # stale remote shards go
+    assert [u["path_in_repo"] for u in uploads] == ["data/mini_low_r8", "data/mini_low_r8_snapshots",
+                                                    "data/mini_medium_r8", "data/mini_medium_r8_snapshots", None]
+    assert all(u["delete_patterns"] == ["*.parquet"] for u in uploads[:4])  # stale remote shards go
     local = {p.relative_to(folder).as_posix(): p.read_bytes()
              for p in folder.rglob("*") if p.is_file() and BUILD_DIR not in p.parts}
     assert api.sent == local  # exactly the card and the shards, byte for byte; no bookkeeping
@@ -53,7 +54,8 @@ def test_dry_run_lists_files_and_touches_nothing(folder, fake_hub, capsys):
     card = (folder / "README.md").read_bytes()
     assert main(["push", str(folder), "me/x", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "dry run" in out and "README.md" in out and "data/mini_low_r8/test-00000.parquet" in out
+    assert "dry run" in out and "README.md" in out and "data/mini_low_r8/test-00000-" in out
+    assert "data/mini_low_r8_snapshots/test-00000-" in out
     assert BUILD_DIR not in out
     assert fake_hub.instances == [] and (folder / "README.md").read_bytes() == card
 

@@ -33,9 +33,9 @@ def _build_args(out: Path, backbone: Path, *extra: str) -> list[str]:
             "--threads", "1", "--max-shard-mb", "0.2", *extra]
 
 
-def _sealed(out: Path) -> list[tuple[str, int, bytes]]:
+def _sealed(out: Path, view: str = TEST_CONFIG + "_snapshots") -> list[tuple[str, int, bytes]]:
     rows = []
-    for path in sorted((out / "data" / TEST_CONFIG).glob("*.parquet")):
+    for path in sorted((out / "data" / view).glob("*.parquet")):
         table = pq.read_table(path, columns=["model_id", "step", "lora"]).to_pydict()
         rows += list(zip(table["model_id"], table["step"], table["lora"]))
     return rows
@@ -71,6 +71,10 @@ def _check_no_duplicates(out: Path, reference: dict) -> set:
     assert len(present) == len(set(present)), "a snapshot is sealed twice"
     for m, s, lora in _sealed(out) + _staged(out):
         assert reference[(m, s)] == lora
+    models = [m for m, _, _ in _sealed(out, TEST_CONFIG)]
+    assert len(models) == len(set(models)), "a model is sealed twice in the default view"
+    for m, s, lora in _sealed(out, TEST_CONFIG):
+        assert s == 4 and reference[(m, s)] == lora  # the checkpoint's snapshot
     return set(present) | set(staged)
 
 
@@ -95,8 +99,8 @@ def test_sigkill_at_every_stage_then_restart_ends_with_each_snapshot_once(refere
         _check_no_duplicates(out, reference)
         if point == "after-manifest":  # the committed reseal replaced a small shard still on disk
             manifest = json.loads((out / BUILD_DIR / TEST_CONFIG / "manifest.json").read_text())
-            listed = {n for names in manifest["shards"].values() for n in names}
-            on_disk = {p.name for p in (out / "data" / TEST_CONFIG).glob("*.parquet")}
+            listed = {n for names in manifest["shards"][TEST_CONFIG + "_snapshots"].values() for n in names}
+            on_disk = {p.name for p in (out / "data" / (TEST_CONFIG + "_snapshots")).glob("*.parquet")}
             assert on_disk - listed, "expected the reopened shard to await deletion"
             assert list((out / BUILD_DIR / TEST_CONFIG / "pending").glob("*.parquet"))
     manifest = json.loads((out / BUILD_DIR / TEST_CONFIG / "manifest.json").read_text())
@@ -107,6 +111,7 @@ def test_sigkill_at_every_stage_then_restart_ends_with_each_snapshot_once(refere
     rows = _sealed(out)
     assert sorted((m, s) for m, s, _ in rows) == sorted(reference)
     assert all(reference[(m, s)] == lora for m, s, lora in rows)
+    assert sorted(m for m, _, _ in _sealed(out, TEST_CONFIG)) == sorted(m for m, s in reference if s == 4)
     assert not _staged(out) and not list((out / BUILD_DIR / TEST_CONFIG / "pending").glob("*"))
     assert (out / "README.md").is_file()
 

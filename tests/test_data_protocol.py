@@ -15,7 +15,7 @@ from lora_wise.features import extract
 from lora_wise.lora import read_lora
 from lora_wise.protocol import run_protocol, write_predictions
 from lora_wise.splits import standard_split
-from synthetic import model_rows, synthetic_lora
+from synthetic import model_rows, synthetic_lora, write_views
 
 
 def test_load_dataset_round_trip_from_the_parent_folder(synthetic_benchmark, monkeypatch):
@@ -55,23 +55,61 @@ def test_aliases_unknown_configs_and_steps(synthetic_benchmark, tmp_path):
         load_benchmark(synthetic_benchmark, "mini_lo")
     with pytest.raises(DatasetLayoutError, match="no snapshots at step 7.*100"):
         labels(synthetic_benchmark, "mini_low_r8", "test", step=7)
+    with pytest.raises(DatasetLayoutError, match="give a step number"):
+        labels(synthetic_benchmark, "mini_low_r8", "test", step="latest")
     with pytest.raises(DatasetLayoutError, match="unknown split"):
         load_benchmark(synthetic_benchmark, "mini_low_r8", "validation")
     with pytest.raises(DatasetLayoutError, match="not a LoRA-WiSE dataset"):
         load_benchmark(tmp_path, "mini_low_r8")
 
 
-def test_checkpoint_step_is_selected_among_snapshots(tmp_path):
-    from lora_wise.layout import render_card, write_shards
+def test_one_row_per_model_by_default_and_every_snapshot_in_the_snapshots_config(tmp_path, monkeypatch):
+    from lora_wise.layout import render_card
 
     cfg = get_config("mini_low_r8")
-    for split, rows in model_rows("mini_low_r8", micro_datasets=8, steps=cfg.snapshot_steps).items():
-        write_shards(rows, tmp_path, "mini_low_r8", split)
+    write_views(tmp_path, "mini_low_r8", model_rows("mini_low_r8", micro_datasets=8, steps=cfg.snapshot_steps))
     render_card(tmp_path)
-    assert set(feature_table(tmp_path, "mini_low_r8").steps.tolist()) == {cfg.checkpoint_step}
+    # the plain datasets call: the default config is one row per model, at the checkpoint
+    monkeypatch.chdir(tmp_path.parent)
+    default = load_dataset(tmp_path.name, "mini_low_r8", cache_dir=str(tmp_path.parent / "hf"))
+    snapshots = load_dataset(tmp_path.name, "mini_low_r8_snapshots", cache_dir=str(tmp_path.parent / "hf"))
+    for split in ("train", "test"):
+        assert len(set(default[split]["model_id"])) == len(default[split])
+        assert set(default[split]["step"]) == {cfg.checkpoint_step}
+        assert len(snapshots[split]) == 3 * len(default[split])
+        assert sorted(set(snapshots[split]["step"])) == list(cfg.snapshot_steps)
+    assert default["test"][0]["step"] == cfg.checkpoint_step  # the README's first row is a checkpoint
+    # the readers pick the view from the step
+    checkpoint = feature_table(tmp_path, "mini_low_r8")
+    assert set(checkpoint.steps.tolist()) == {cfg.checkpoint_step}
+    assert len(feature_table(tmp_path, "mini_low_r8", step=cfg.checkpoint_step)) == len(checkpoint)
     other = next(s for s in cfg.snapshot_steps if s != cfg.checkpoint_step)
     assert set(feature_table(tmp_path, "mini_low_r8", step=other).steps.tolist()) == {other}
-    assert len(feature_table(tmp_path, "mini_low_r8", step=None)) == 3 * len(feature_table(tmp_path, "mini_low_r8"))
+    for every in (None, "all"):
+        table = feature_table(tmp_path, "mini_low_r8", step=every)
+        assert len(table) == 3 * len(checkpoint) and set(table.steps.tolist()) == set(cfg.snapshot_steps)
+    assert labels(tmp_path, "mini_low_r8", "test", step=other).model_ids == labels(tmp_path, "mini_low_r8",
+                                                                                 "test").model_ids
+    assert len(load_benchmark(tmp_path, "mini_low_r8_snapshots", "test")) == 3 * len(labels(tmp_path, "mini_low_r8",
+                                                                                         "test").model_ids)
+    # the features of a checkpoint row are those of the same snapshot in the snapshots config
+    everything = feature_table(tmp_path, "mini_low_r8", step=None)
+    row = next(i for i in range(len(everything)) if everything.steps[i] == cfg.checkpoint_step
+               and everything.model_ids[i] == checkpoint.model_ids[0])
+    np.testing.assert_array_equal(everything.sv["BA"][row], checkpoint.sv["BA"][0])
+
+
+def test_a_dataset_without_snapshots_answers_every_step_from_its_one_view(tmp_path):
+    from lora_wise.layout import render_card, write_shards
+
+    for split, rows in model_rows("mini_low_r8", micro_datasets=8).items():
+        write_shards(rows, tmp_path, "mini_low_r8", split)  # as import-official writes the release
+    render_card(tmp_path)
+    assert len(feature_table(tmp_path, "mini_low_r8", step=None)) == len(feature_table(tmp_path, "mini_low_r8"))
+    with pytest.raises(DatasetLayoutError, match="no snapshots at step 50"):
+        labels(tmp_path, "mini_low_r8", "test", step=50)
+    with pytest.raises(UnknownConfigError, match="no config 'mini_low_r8_snapshots'.*imported release"):
+        load_benchmark(tmp_path, "mini_low_r8_snapshots")
 
 
 def test_protocol_standard_and_paper(synthetic_benchmark, tmp_path):
@@ -80,9 +118,9 @@ def test_protocol_standard_and_paper(synthetic_benchmark, tmp_path):
     paper = run_protocol(table, "mini_low_r8", "dsire", protocol="paper")
     assert len(standard.draws) == 1 and len(paper.draws) == 10
     assert paper.draws[0].metrics == standard.draws[0].metrics
-    assert paper.std("mae") > 0 and 0 < paper.mean("accuracy") <= 100
+    assert paper.std("mae") > 0 and 0 < paper.mean("accuracy") <= 1  # a fraction, as evaluate's metrics
     # the synthetic norm falls with size, so the baseline is far above chance (1/6)
-    assert standard.standard.metrics["accuracy"] > 35
+    assert standard.standard.metrics["accuracy"] > 0.35
     # test predictions cover exactly the test models of the standard split
     test = labels(synthetic_benchmark, "mini_low_r8", "test")
     assert sorted(standard.standard.model_ids) == sorted(test.model_ids)
@@ -96,7 +134,7 @@ def test_fewer_training_micro_datasets(synthetic_benchmark):
     table = feature_table(synthetic_benchmark, "mini_medium_r8")
     one = run_protocol(table, "mini_medium_r8", "dsire", protocol="paper", train_micro_datasets=1)
     assert all(len(set(table.micro_dataset_indices[table.rows_of(d.split.train[:1])])) == 1 for d in one.draws)
-    assert one.mean("accuracy") > 100 / 6
+    assert one.mean("accuracy") > 1 / 6
 
 
 def test_protocol_refuses_a_draw_without_models(synthetic_benchmark, tmp_path):
@@ -114,11 +152,10 @@ def test_protocol_refuses_a_draw_without_models(synthetic_benchmark, tmp_path):
 
 def test_a_rebuilt_folder_and_a_namesake_folder_are_not_read_from_a_stale_cache(tmp_path):
     """datasets keys load_dataset(folder, config) on the folder's name and card; we must not."""
-    from lora_wise.layout import render_card, write_shards
+    from lora_wise.layout import render_card
 
     def build(root, micro_datasets):
-        for split, rows in model_rows("mini_low_r8", micro_datasets=micro_datasets).items():
-            write_shards(rows, root, "mini_low_r8", split)
+        write_views(root, "mini_low_r8", model_rows("mini_low_r8", micro_datasets=micro_datasets))
         render_card(root)
 
     first = tmp_path / "a" / "lora-wise"

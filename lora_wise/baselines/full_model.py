@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..features import FeatureTable
-from .layerwise import LayerwiseVote
+from ..methods import ModelSet
+from .layerwise import LayerwiseVote, Models
 
 
 class NNFullModel(LayerwiseVote):
@@ -22,10 +22,10 @@ class NNFullModel(LayerwiseVote):
     def __init__(self, matrices="all", k: int = 1, normalize: str = "global"):
         super().__init__(feature="sv", matrices=matrices, k=k, vote="majority", normalize=normalize)
 
-    def _features(self, table: FeatureTable) -> np.ndarray:
-        per_classifier = super()._features(table)  # (C, N, D)
+    def _features(self, models: ModelSet) -> np.ndarray:
+        per_classifier = super()._features(models)  # (C, N, D)
         n = per_classifier.shape[1]
         return np.transpose(per_classifier, (1, 0, 2)).reshape(1, n, -1)  # one classifier
 
-    def classifier_names(self, table: FeatureTable | None = None) -> list[str]:
+    def classifier_names(self, table: Models | None = None) -> list[str]:
         return ["all-layers"]

@@ -29,8 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DatasetLayoutError, IncompatibleLoRAError, OptionError
+from ..errors import DatasetLayoutError, IncompatibleLoRAError, MethodError, OptionError
 from ..features import MATRICES, FeatureTable
+from ..methods import Method, ModelSet, as_model_set
+
+#: What the baselines take: a method's model set, or a feature table (whose labels ``fit`` then reads).
+Models = ModelSet | FeatureTable
 
 VOTES = ("majority", "average")
 NORMALIZATIONS = ("global", "per-classifier", "none")
@@ -60,8 +64,12 @@ class Explanation:
     neighbour_sizes: np.ndarray  # (C, k)
 
 
-class LayerwiseVote:
+class LayerwiseVote(Method):
     """Fit one classifier per (layer, matrix) and pool their votes.
+
+    A method of the interface of :mod:`lora_wise.methods`: ``fit(train, sizes)`` and
+    ``predict(test)`` on model sets (a :class:`~lora_wise.features.FeatureTable` works too, and
+    ``fit`` then takes the sizes from it).
 
     Parameters: ``feature`` is ``"sv"`` (singular values) or ``"norm"`` (Frobenius
     norm); ``matrices`` any of A, B, BA; ``k`` neighbours; ``vote`` ``majority`` or
@@ -108,24 +116,32 @@ class LayerwiseVote:
 
     # ------------------------------------------------------------------ features
 
-    def _features(self, table: FeatureTable) -> np.ndarray:
+    def _features(self, models: ModelSet) -> np.ndarray:
         """(C, N, D) float64: one feature matrix per classifier, C = layers x matrices."""
         blocks = []
         for m in self.matrices:
-            values = table.sv[m] if self.feature == "sv" else table.norms[m][..., None]
+            values = models.spectra(m) if self.feature == "sv" else models.norms(m)[..., None]
             blocks.append(np.transpose(values, (1, 0, 2)))  # (L, N, D)
         return np.concatenate(blocks, axis=0).astype(np.float64)
 
-    def classifier_names(self, table: FeatureTable | None = None) -> list[str]:
+    def classifier_names(self, table: Models | None = None) -> list[str]:
         layers = table.layer_names if table is not None else self.layer_names_
         return [f"{layer}:{m}" for m in self.matrices for layer in layers]
 
     # ------------------------------------------------------------------ fit / predict
 
-    def fit(self, table: FeatureTable) -> "LayerwiseVote":
-        if len(table) == 0:
+    def fit(self, train: Models, sizes=None) -> "LayerwiseVote":
+        """Fit on the ``train`` models with their dataset ``sizes`` (read from ``train`` when it is a feature table)."""
+        if sizes is None:
+            if not isinstance(train, FeatureTable):
+                raise MethodError(f"{type(self).__name__}.fit(train, sizes): give the training models' sizes")
+            sizes = train.dataset_sizes
+        models = as_model_set(train)
+        if len(models) == 0:
             raise DatasetLayoutError("cannot fit on zero models: the training split is empty")
-        x = self._features(table)
+        if len(sizes) != len(models):
+            raise MethodError(f"{len(sizes)} sizes for {len(models)} training models: give one size per model")
+        x = self._features(models)
         if self.normalize == "global":
             self.low_, self.span_ = x.min(), x.max() - x.min()
         elif self.normalize == "per-classifier":
@@ -135,24 +151,25 @@ class LayerwiseVote:
             self.low_, self.span_ = 0.0, 1.0
         self.span_ = np.where(np.asarray(self.span_) > 0, self.span_, 1.0)
         self.train_x_ = (x - self.low_) / self.span_
-        self.train_y_ = table.dataset_sizes.astype(np.int64)
-        self.train_ids_ = list(table.model_ids)
+        self.train_y_ = np.asarray(sizes).astype(np.int64)
+        self.train_ids_ = models.model_ids
         self.classes_ = np.unique(self.train_y_)
-        self.layer_names_ = table.layer_names
+        self.layer_names_ = models.layer_names
         if self.classifier != "knn":
             self._fit_sklearn()
         self._fitted = True
         return self
 
-    def _check(self, table: FeatureTable) -> np.ndarray:
+    def _check(self, table: Models) -> np.ndarray:
         if not self._fitted:
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train_table) first")
-        if table.layer_names != self.layer_names_:
-            missing = sorted(set(self.layer_names_) - set(table.layer_names))
-            extra = sorted(set(table.layer_names) - set(self.layer_names_))
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train, sizes) first")
+        models = as_model_set(table)
+        if models.layer_names != self.layer_names_:
+            missing = sorted(set(self.layer_names_) - set(models.layer_names))
+            extra = sorted(set(models.layer_names) - set(self.layer_names_))
             raise IncompatibleLoRAError(f"the models to predict adapt other layers than the training models (missing "
                                         f"{missing[:3]}, extra {extra[:3]}); use references of the same backbone")
-        x = (self._features(table) - self.low_) / self.span_
+        x = (self._features(models) - self.low_) / self.span_
         if x.shape[2] != self.train_x_.shape[2]:
             raise IncompatibleLoRAError(f"feature length {x.shape[2]} differs from the training models' "
                                         f"{self.train_x_.shape[2]}: the LoRA ranks differ")
@@ -170,7 +187,7 @@ class LayerwiseVote:
         order = np.argsort(d2, axis=2, kind="stable")  # ties: training-row order
         return order[..., :k]
 
-    def classifier_votes(self, table: FeatureTable) -> np.ndarray:
+    def classifier_votes(self, table: Models) -> np.ndarray:
         """(N, C) dataset size predicted by every classifier for every model."""
         x = self._check(table)
         if self.classifier != "knn":
@@ -197,11 +214,11 @@ class LayerwiseVote:
         distance = np.abs(mean[:, None] - self.classes_[None, :])
         return self.classes_[np.argmin(distance, axis=1)]
 
-    def predict(self, table: FeatureTable) -> np.ndarray:
-        """Predicted dataset size of every model in ``table``."""
-        return self.pool(self.classifier_votes(table))
+    def predict(self, test: Models) -> np.ndarray:
+        """Predicted dataset size of every model in ``test``."""
+        return self.pool(self.classifier_votes(test))
 
-    def explain(self, table: FeatureTable, row: int = 0) -> Explanation:
+    def explain(self, table: Models, row: int = 0) -> Explanation:
         """The vote behind the prediction for one model of ``table``."""
         one = table.subset([row])
         votes = self.classifier_votes(one)[0]

@@ -1,7 +1,7 @@
 """The ``lora-wise`` command line: one module per command family, each declaring its sub-commands.
 
 ``main`` (the console script) parses the arguments, calls one library function and prints; the
-command families are ``configs``, ``baseline``, ``build``, ``push``, ``published``
+command families are ``configs``, ``baseline``, ``evaluate``, ``build``, ``push``, ``published``
 (``import-official``, ``export-official``), ``predict``, ``leaderboard`` (``submit``,
 ``leaderboard ...``) and ``demo``.  No logic lives here that the library lacks.
 """

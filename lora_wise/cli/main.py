@@ -14,11 +14,11 @@ import sys
 
 from .. import __version__, hub
 from ..errors import LoRAWiSEError
-from . import baseline, build, configs, demo, leaderboard, predict, published, push
+from . import baseline, build, configs, demo, evaluate, leaderboard, predict, published, push
 from .parser import HelpFormatter
 
 #: The command families, in the order of ``--help``; each module's ``register`` adds its sub-commands.
-FAMILIES = (configs, baseline, build, push, published, predict, leaderboard, demo)
+FAMILIES = (configs, baseline, evaluate, build, push, published, predict, leaderboard, demo)
 
 DESCRIPTION = """\
 LoRA-WiSE: recover how many images fine-tuned a LoRA, as a benchmark.
@@ -34,6 +34,7 @@ examples:
   lora-wise configs                                     # what can be built and scored
   lora-wise build --config mini_low_r8 --out lora-wise  # fine-tune a miniature benchmark
   lora-wise baseline dsire lora-wise mini_low_r8 --protocol paper
+  lora-wise evaluate my_method.py:MyMethod lora-wise mini_low_r8 --out results.json
   lora-wise submit predictions.csv --config mini_low_r8 --method my-method
   lora-wise predict my_lora.safetensors --reference lora-wise --config mini_low_r8
 

@@ -2,7 +2,8 @@
 
 Each model becomes a row of :mod:`lora_wise.schema` (its LoRA written by
 :func:`lora_wise.lora.peft_safetensors`), on its side of the standard train/test split, in
-shards written through :mod:`lora_wise.layout`, with a card; so the baselines, the metric and
+shards of the config's default view (one row per model, at its checkpoint: the release has no
+other snapshots) written through :mod:`lora_wise.layout`, with a card; so the baselines, the metric and
 the leaderboard run on the published models.  Rows are streamed in small Arrow batches (an
 SD-1.5 model is ~25 MB of floats and a subset holds 300 of them), read with pyarrow straight from
 the Parquet files rather than through ``datasets.load_dataset``, which would keep a second copy of
@@ -23,7 +24,8 @@ import numpy as np
 from ..configs import BenchmarkConfig, get_config
 from ..errors import NotFoundError, PublishedLayoutError
 from ..hub import is_repo_id
-from ..layout import DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, data_dir, render_card, shard_paths, write_shards
+from ..layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, data_dir, render_card, shard_paths, snapshots_config,
+                      write_shards)
 from ..lora import is_lora_key, peft_safetensors, read_lora
 from ..schema import SPLITS, model_id
 from ..splits import standard_split
@@ -245,19 +247,24 @@ def _import_subset(subset: str, files: list[Path], out: Path, staging: Path, bat
 
 
 def _commit(staging: Path, out: Path, config: str) -> list[Path]:
-    """Move a staged config's shards over ``out``'s, then drop ``out``'s shards that were not replaced."""
+    """Move a staged config's shards over ``out``'s, then drop ``out``'s shards that were not replaced.
+
+    The release holds one row per model (its checkpoint): the config's default view.  A
+    snapshots view of the same config left in ``out`` by a build would describe other models,
+    so it goes too.
+    """
     target = data_dir(out, config)
     target.mkdir(parents=True, exist_ok=True)
     final = []
     for split in SPLITS:
         new = shard_paths(staging, config, split)
-        old = shard_paths(out, config, split)
+        old = shard_paths(out, config, split) + shard_paths(out, snapshots_config(config), split)
         for path in new:
             os.replace(path, target / path.name)
             final.append(target / path.name)
-        keep = {p.name for p in new}
+        keep = {target / p.name for p in new}
         for path in old:
-            if path.name not in keep:
+            if path not in keep:
                 path.unlink()
     return final
 

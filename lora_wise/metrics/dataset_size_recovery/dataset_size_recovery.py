@@ -1,13 +1,17 @@
-"""Dataset size recovery metric: MAE, MAPE (%) and accuracy (%) of predicted dataset sizes.
+"""Dataset size recovery metric: MAE, MAPE and accuracy of predicted dataset sizes.
 
-An ``evaluate`` module: ``evaluate.load("lora_wise/metrics/dataset_size_recovery")`` loads it
-from a checkout, and ``from lora_wise.metrics.dataset_size_recovery import DatasetSizeRecovery``
-imports it from the installed package.  The numbers are the paper's (Salama et al. 2024, Sec. 6.1):
+An ``evaluate`` module: ``evaluate.load(str(lora_wise.metrics.METRIC_DIR))`` loads it from the
+installed package (``lora_wise.metrics.load()`` does just that), and ``from
+lora_wise.metrics.dataset_size_recovery import DatasetSizeRecovery`` imports it.  The numbers
+are the paper's (Salama et al. 2024, Sec. 6.1), returned as ``evaluate``'s own metrics return
+theirs, rates as fractions:
 
 * ``mae``: mean absolute error in images;
-* ``mape``: mean of ``|prediction - size| / size``, in percent of the true size;
-* ``accuracy``: percent of predictions equal to the true size (a prediction counts when it
+* ``mape``: mean of ``|prediction - size| / size``, a fraction of the true size (0.0397 is 3.97%);
+* ``accuracy``: the fraction of predictions equal to the true size (a prediction counts when it
   rounds to the true integer size).
+
+Tables print MAPE and accuracy in percent (``scores.for_display``), as the paper does.
 
 On request, ``per_size=True`` adds the three numbers for each true size and
 ``confusion_matrix=True`` adds the confusion matrix over the sizes that are true or
@@ -32,9 +36,9 @@ _CITATION = """\
 
 _DESCRIPTION = """\
 Scores predictions of the number of images a LoRA was fine-tuned on, as the LoRA-WiSE
-benchmark reports them: mean absolute error (MAE), mean absolute percentage error (MAPE, in
-percent of the true size) and accuracy (in percent). Optionally a per-size breakdown and a
-confusion matrix over the true sizes.
+benchmark reports them: mean absolute error (MAE, in images), mean absolute percentage error
+(MAPE, a fraction of the true size) and accuracy (a fraction of the models). Optionally a
+per-size breakdown and a confusion matrix over the true sizes.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -47,18 +51,25 @@ Args:
         `matrix` (rows: true size, columns: predicted size).
 Returns:
     mae (`float`): mean absolute error, in images. Lower is better.
-    mape (`float`): mean absolute percentage error, in percent of the true size. Lower is better.
-    accuracy (`float`): percent of predictions that round to the true size. Higher is better.
+    mape (`float`): mean absolute percentage error, as a fraction of the true size (0.125 is
+        12.5%). Lower is better.
+    accuracy (`float`): the fraction of predictions that round to the true size, in [0, 1].
+        Higher is better.
 Examples:
-    >>> metric = evaluate.load("lora_wise/metrics/dataset_size_recovery")
+    >>> import evaluate
+    >>> from lora_wise.metrics import METRIC_DIR
+    >>> metric = evaluate.load(str(METRIC_DIR))  # the module inside the installed package
     >>> metric.compute(predictions=[1, 10, 30, 50], references=[1, 10, 20, 50])
-    {'mae': 2.5, 'mape': 12.5, 'accuracy': 75.0}
+    {'mae': 2.5, 'mape': 0.125, 'accuracy': 0.75}
+    >>> result = metric.compute(predictions=[1, 2, 2, 6], references=[1, 2, 3, 6], per_size=True)
+    >>> result["per_size"][3]
+    {'mae': 1.0, 'mape': 0.333..., 'accuracy': 0.0, 'count': 1}
 """
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class DatasetSizeRecovery(evaluate.Metric):
-    """MAE, MAPE (%) and accuracy (%) of dataset-size predictions (LoRA-WiSE)."""
+    """MAE, MAPE and accuracy (fractions) of dataset-size predictions (LoRA-WiSE)."""
 
     def _info(self):
         return evaluate.MetricInfo(

@@ -13,6 +13,21 @@ import numpy as np
 # Absolute, not relative: `evaluate` runs a copy of this file outside the package.
 from lora_wise.errors import DatasetSizeRecoveryInputError
 
+#: The metrics returned as fractions, as ``evaluate``'s own metrics return them (accuracy 0.861,
+#: MAPE 0.0397); tables print them in percent through :func:`for_display`.
+FRACTIONS = ("mape", "accuracy")
+#: How tables head each metric's column, in the units :func:`for_display` gives.
+DISPLAY_LABELS = {"mae": "MAE", "mape": "MAPE (%)", "accuracy": "accuracy (%)"}
+
+
+def for_display(metric: str, value: float) -> float:
+    """A metric as tables print it: MAE in images, MAPE and accuracy in percent.
+
+    >>> for_display("accuracy", 0.861), for_display("mae", 1.48)
+    (86.1, 1.48)
+    """
+    return round(value * 100.0, 12) if metric in FRACTIONS else value
+
 
 def _as_array(values, name: str) -> np.ndarray:
     try:
@@ -47,8 +62,8 @@ def _summary(predictions: np.ndarray, references: np.ndarray) -> dict:
     errors = np.abs(predictions - references)
     return {
         "mae": float(errors.mean()),
-        "mape": float((errors / references).mean() * 100.0),
-        "accuracy": float((np.rint(predictions) == references).mean() * 100.0),
+        "mape": float((errors / references).mean()),
+        "accuracy": float((np.rint(predictions) == references).mean()),
     }
 
 
