@@ -191,3 +191,23 @@ def test_record_config_must_agree_with_the_option(tmp_path, synthetic_benchmark,
     same = submit(path, method="my method", config=CONFIG,
                   dataset=synthetic_benchmark, store=store)
     assert same.entry.method == "my method" and same.entry.config == CONFIG
+
+
+def test_what_lora_wise_evaluate_writes_is_what_the_leaderboard_takes(tmp_path, synthetic_benchmark, capsys):
+    """The researcher's loop end to end: evaluate a method into a record, submit it, see the same numbers."""
+    import lora_wise
+
+    path = tmp_path / "results.json"
+    record = lora_wise.evaluate("frobenius-nn", synthetic_benchmark, CONFIG, protocol="paper", name="my Frobenius",
+                                out=path)
+    db = tmp_path / "lb.sqlite"
+    assert main(["submit", str(path), "--dataset", str(synthetic_benchmark), "--db", str(db)]) == 0, \
+        capsys.readouterr().err
+    (entry,) = SQLiteStore(db).entries()
+    assert entry.method == "my Frobenius" and entry.protocol == "paper"
+    for mine, theirs in zip(entry.draws, record["draws"]):  # recomputed here, equal to the evaluation's
+        assert mine["metrics"] == pytest.approx(theirs["metrics"])
+        assert mine["predictions"] == pytest.approx(theirs["predictions"])
+    for metric in results.METRICS:
+        assert entry.summary()[metric] == pytest.approx(record["summary"][metric])
+    assert entry.source["dataset"]["fingerprint"] == record["dataset"]["fingerprint"]
