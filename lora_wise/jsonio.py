@@ -2,8 +2,8 @@
 
 Python's ``json`` writes ``NaN``, ``Infinity`` and ``-Infinity`` for non-finite floats and reads
 them back, although no JSON parser elsewhere has to.  Everything the project writes as JSON --
-``--json`` outputs, leaderboard entries in either store, results records -- goes through
-:func:`dumps`, which refuses them (``allow_nan=False``: a non-finite number there is a bug, raised
+``--json`` outputs, leaderboard entries in either store, results records, build manifests,
+recipes, LoRA adapter metadata, the miniature backbone's files -- goes through :func:`dumps`, which refuses them (``allow_nan=False``: a non-finite number there is a bug, raised
 as ``ValueError``) and writes numpy numbers as plain numbers.  :func:`loads` reads JSON a person
 gave and refuses the same constants, so a file with ``NaN`` is an error instead of a number.
 """
@@ -24,11 +24,13 @@ def _plain(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def dumps(obj, *, indent: int | None = None, sort_keys: bool = False, compact: bool = False) -> str:
-    """``obj`` as valid JSON; ``compact`` drops the spaces after separators (canonical forms, hashes)."""
+def dumps(obj, *, indent: int | None = None, sort_keys: bool = False, compact: bool = False,
+          ensure_ascii: bool = True) -> str:
+    """``obj`` as valid JSON; ``compact`` drops the spaces after separators (canonical forms, hashes);
+    ``ensure_ascii=False`` writes non-ASCII characters as themselves instead of ``\\u`` escapes."""
     separators = (",", ":") if compact else None
     return json.dumps(obj, allow_nan=False, indent=indent, sort_keys=sort_keys, separators=separators,
-                      default=_plain)
+                      ensure_ascii=ensure_ascii, default=_plain)
 
 
 def _no_constant(name: str):

@@ -44,6 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import jsonio
 from .errors import ResultsRecordError
 from .splits import PAPER_DRAWS, SEED
 
@@ -329,7 +330,7 @@ def validate(record: Any) -> dict:
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys and no NaN or infinity: equal values give equal text."""
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return jsonio.dumps(value, sort_keys=True, compact=True, ensure_ascii=False)
     except ValueError as exc:
         raise ResultsRecordError(f"results record: not valid JSON ({exc})") from None
 
@@ -337,7 +338,7 @@ def canonical_json(value: Any) -> str:
 def dumps(record: dict) -> str:
     """A validated record as the text of its file: indented JSON with sorted keys."""
     validate(record)
-    return json.dumps(record, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    return jsonio.dumps(record, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 
 def _no_constant(name: str):
