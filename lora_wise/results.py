@@ -39,7 +39,6 @@ import json
 import math
 import os
 import re
-import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from typing import Any
 from . import jsonio
 from .errors import ResultsRecordError
 from .splits import PAPER_DRAWS, SEED
+from .text import refused_category
 
 SCHEMA_VERSION = 1
 KIND = "lora-wise-results"
@@ -173,9 +173,9 @@ def _text(value: Any, where: str, max_length: int = 200) -> str:
         raise _fail(where, "must be a non-empty string")
     if len(value) > max_length:
         raise _fail(where, f"is {len(value)} characters long; at most {max_length}")
-    bad = [c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
+    bad = [c for c in value if refused_category(c)]  # the project's one character policy (lora_wise.text)
     if bad:
-        raise _fail(where, f"holds a control, format or bidi character (U+{ord(bad[0]):04X}); plain text only")
+        raise _fail(where, f"holds a {refused_category(bad[0])} (U+{ord(bad[0]):04X}); plain text only")
     return value
 
 
