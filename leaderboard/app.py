@@ -185,7 +185,7 @@ class LeaderboardView:
             sizes = [float(s) for s in get_config(config).dataset_sizes]
         except UnknownConfigError:
             sizes = sorted({float(s) for e in ranked for s in e.metrics.get("per_size", {})})
-        columns = ["method"] + [f"{s:g} images" for s in sizes]
+        columns = ["method"] + [f"{s:g} image{'' if s == 1 else 's'}" for s in sizes]
         rows = []
         for e in ranked:
             by_size = {float(s): v for s, v in e.metrics.get("per_size", {}).items()}

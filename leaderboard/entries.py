@@ -96,8 +96,33 @@ def _from_percent(metrics: dict) -> dict:
     return out
 
 
+class _Stored:
+    """What entries and withdrawals share: a UTC ``time``, and their JSON form in the stores."""
+
+    time: str
+
+    @property
+    def date(self) -> str:
+        """``YYYY-MM-DD HH:MM`` (UTC) for tables."""
+        return self.time[:16].replace("T", " ")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return jsonio.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def from_json(cls, text: str | bytes):
+        return cls.from_dict(jsonio.loads(text))
+
+
 @dataclass(frozen=True)
-class Entry:
+class Entry(_Stored):
     """One scored submission: the standard split's predictions and metrics, and every draw of a record."""
 
     method: str
@@ -162,11 +187,6 @@ class Entry:
         return format_metric(metric, summary[metric]["mean"], summary[metric]["std"]) if summary else "-"
 
     @property
-    def date(self) -> str:
-        """``YYYY-MM-DD HH:MM`` (UTC) for tables."""
-        return self.time[:16].replace("T", " ")
-
-    @property
     def short_id(self) -> str:
         return self.id[:8]
 
@@ -202,28 +222,15 @@ class Entry:
                 raise ValueError(f"entry {self.id} holds predictions outside (0, {MAX_PREDICTION:,.0f}]: {bad[:3]}")
         return self
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return jsonio.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
     def from_dict(cls, data: dict) -> "Entry":
-        known = {f for f in cls.__dataclass_fields__}
-        data = {k: v for k, v in data.items() if k in known}
         if data.get("format", 1) < 2:  # stored before fractions: MAPE and accuracy in percent
-            data["metrics"] = _from_percent(data["metrics"])
-            data["format"] = ENTRY_FORMAT
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> "Entry":
-        return cls.from_dict(jsonio.loads(text))
+            data = {**data, "metrics": _from_percent(data["metrics"]), "format": ENTRY_FORMAT}
+        return super().from_dict(data)
 
 
 @dataclass(frozen=True)
-class Withdrawal:
+class Withdrawal(_Stored):
     """The record that takes an entry out of the ranking; the entry itself stays, unchanged."""
 
     entry_id: str
@@ -232,24 +239,9 @@ class Withdrawal:
     time: str = field(default_factory=utc_now)
     id: str = field(default_factory=new_entry_id)
 
-    @property
-    def date(self) -> str:
-        return self.time[:16].replace("T", " ")
-
     def check(self) -> "Withdrawal":
         check_text(self.reason, "reason", required=True)
         return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return jsonio.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> "Withdrawal":
-        data = jsonio.loads(text)
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def active(entries: Iterable[Entry], withdrawals: Iterable[Withdrawal]) -> list[Entry]:

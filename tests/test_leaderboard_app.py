@@ -101,7 +101,7 @@ def test_view_shows_configs_tables_and_validation_errors(store, synthetic_benchm
     overview = view.overview()
     assert list(overview["config"]) == [CONFIG, CONFIG] and list(overview["rank"]) == [1, 2]
     sizes = view.per_size(CONFIG, view.entries(CONFIG))
-    assert list(sizes.columns) == ["method"] + [f"{s} images" for s in get_config(CONFIG).dataset_sizes]
+    assert list(sizes.columns) == ["method", "1 image"] + [f"{s} images" for s in get_config(CONFIG).dataset_sizes[1:]]
     best = ranked_entries(store, CONFIG, "test")[0]
     assert sizes.iloc[0, 1] == f"{100 * best.metrics['per_size']['1']['accuracy']:.2f}%"
     assert view.table("mini_medium_r8").empty
