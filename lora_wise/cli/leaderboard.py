@@ -14,7 +14,7 @@ from ..leaderboard.references import DATASET_ENV, DEFAULT_DATASET
 from ..leaderboard.store import DB_ENV, REPO_ENV
 from ..leaderboard.submission import MAX_BYTES, MAX_ROWS
 from ..text import MAX_LENGTH
-from .parser import add_command
+from .parser import add_command, paragraph
 
 SUBMIT_DESCRIPTION = f"""\
 Validate a predictions file or a results record, score it against the true dataset sizes
@@ -77,11 +77,11 @@ def register(commands) -> None:
     board = add_command(commands, "leaderboard", "show, serve, seed or deploy the leaderboard")
     sub = board.add_subparsers(dest="leaderboard_command", metavar="ACTION", title="actions", required=True)
 
-    p = add_command(sub, "show", "print the ranked entries of each config (or one)",
+    p = add_command(sub, "show", "print the ranked entries of each config (or one)", paragraph(
                     "Print the ranked entries of each config: the standard split's MAE, MAPE and accuracy "
                     "(the ranking) and, for results records, the paper protocol's 10-draw mean. Names are "
                     "shown as text: control, escape and bidi characters of older rows appear as visible "
-                    "escapes (\\x1b, \\u202e).")
+                    "escapes (\\x1b, \\u202e)."))
     p.add_argument("--config", help=("only this config (name or alias); default: all"))
     p.add_argument("--split", default="test", help="split to rank")
     p.add_argument("--all", action="store_true", help="the history: withdrawn entries too, after the ranking, "
@@ -90,11 +90,11 @@ def register(commands) -> None:
     p.add_argument("--json", action="store_true", help="print the entries as JSON (without predictions)")
     p.set_defaults(func=_cmd_show)
 
-    p = add_command(sub, "withdraw", "take an entry out of the ranking (it stays in the history)",
+    p = add_command(sub, "withdraw", "take an entry out of the ranking (it stays in the history)", paragraph(
                     "Append a withdrawal record for entry ID (the id `leaderboard show` prints, or the full "
                     "one) to the store: the entry leaves the ranking and stays in the history "
                     "(`leaderboard show --all`). Nothing is deleted or changed; a withdrawal is final. The "
-                    f"reason (up to {MAX_LENGTH['reason']} characters) follows the character policy of names.")
+                    f"reason (up to {MAX_LENGTH['reason']} characters) follows the character policy of names."))
     p.add_argument("entry_id", metavar="ID", help="entry id, or its first 8 or more characters")
     p.add_argument("--reason", required=True, help="why the entry is withdrawn (shown in the history)")
     _add_store_options(p)
