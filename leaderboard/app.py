@@ -45,8 +45,8 @@ from lora_wise.errors import LoRAWiSEError, UnknownConfigError
 from lora_wise.text import visible
 
 from .baselines import seed_baselines, seeding_requested
-from .entries import (BOARD_COLUMNS, PROTOCOL_LABELS, Entry, active, board_rows, format_metric, metric_header,
-                      rank_entries)
+from .entries import (BOARD_COLUMNS, PROTOCOL_LABELS, Entry, Withdrawal, active, board_rows, format_metric,
+                      metric_header, rank_entries)
 from .references import DEFAULT_SPLIT, available_configs, default_dataset
 from .scoring import format_scores, submit
 from .store import Store, open_store
@@ -129,6 +129,10 @@ class LeaderboardView:
         """The ranked (not withdrawn) entries of ``config`` (all configs: None) on the view's split."""
         return active(self.store.entries(config, self.split), self.store.withdrawals(config))
 
+    def read(self) -> tuple[list[Entry], list[Withdrawal]]:
+        """Every entry of the view's split and every withdrawal, in one read of the store (a page refresh)."""
+        return self.store.entries(None, self.split), self.store.withdrawals()
+
     def configs(self) -> list[str]:
         """Configs with references in the dataset or entries in the store, in registry order."""
         names = set(available_configs(self.dataset)) | {e.config for e in self.entries()}
@@ -150,25 +154,27 @@ class LeaderboardView:
             rows.append(row)
         return pd.DataFrame(rows, columns=COLUMNS)
 
-    def overview(self):
+    def overview(self, configs: list[str] | None = None, ranked: list[Entry] | None = None):
         """Every config's ranked entries: rank, standard-split numbers and the paper protocol's means."""
         import pandas as pd
 
+        ranked = self.entries() if ranked is None else ranked
         rows = []
-        for config in self.configs():
-            for rank, e in enumerate(rank_entries(self.entries(config)), start=1):
+        for config in configs or self.configs():
+            for rank, e in enumerate(rank_entries(e for e in ranked if e.config == config), start=1):
                 rows.append([config, rank, method_cell(e), "reference" if e.reference else "submission",
                              format_metric("mae", e.mae), e.mean_text("mae"),
                              format_metric("accuracy", e.accuracy), e.mean_text("accuracy")])
         return pd.DataFrame(rows, columns=OVERVIEW_COLUMNS)
 
-    def history(self):
+    def history(self, stored: tuple[list[Entry], list[Withdrawal]] | None = None):
         """Every entry ever stored on the view's split, newest first, withdrawn ones with date and reason."""
         import pandas as pd
 
-        withdrawn = {w.entry_id: w for w in self.store.withdrawals()}
+        entries, withdrawals = self.read() if stored is None else stored
+        withdrawn = {w.entry_id: w for w in withdrawals}
         rows = []
-        for e in sorted(self.store.entries(None, self.split), key=lambda e: e.time, reverse=True):
+        for e in sorted(entries, key=lambda e: e.time, reverse=True):
             w = withdrawn.get(e.id)
             status = f"withdrawn {w.date}: {visible(w.reason)}" if w else "ranked"
             rows.append([e.date, e.config, method_cell(e), format_metric("mae", e.mae), status, e.short_id])
@@ -222,11 +228,11 @@ class LeaderboardView:
                                      title=f"{visible(chosen.method)} ({chosen.short_id})\n"
                                            f"{config}, {PROTOCOL_LABELS['standard']}")
 
-    def overview_figure(self):
+    def overview_figure(self, ranked: list[Entry] | None = None):
         from lora_wise.figures import plot_metrics_by_method
 
         shown = [{"config": e.config, "method": visible(e.method), "mae": e.mae, "mape": e.mape,
-                  "accuracy": e.accuracy} for e in self.entries()]
+                  "accuracy": e.accuracy} for e in (self.entries() if ranked is None else ranked)]
         return plot_metrics_by_method(shown, title=f"Best entry per method ({PROTOCOL_LABELS['standard']})")
 
     def describe(self, config: str) -> str:
@@ -293,7 +299,7 @@ def build_app(store: Store | None = None, dataset: str | os.PathLike | None = No
         tables, pickers, plots, size_tables, size_plots = {}, {}, {}, {}, {}
         with gr.Tabs():
             with gr.Tab("Overview", id="tab-overview", elem_id="tab-overview"):
-                overview_table = board_table(view.overview(), "overview-table",
+                overview_table = board_table(view.overview(tab_configs), "overview-table",
                                              f"every config: rank and MAE / accuracy ({split} split)",
                                              ["str", "number", "html"] + ["str"] * 5)
                 overview = gr.Plot(value=view.overview_figure(), format="png", show_label=False, elem_id="overview")
@@ -347,15 +353,17 @@ def build_app(store: Store | None = None, dataset: str | os.PathLike | None = No
                         elem_id="about-bibtex")
 
         def refresh():
+            stored = view.read()  # one read of the store for the whole page (a Hub store: a few requests)
+            ranked = active(*stored)
             out = []
             for config in tab_configs:
-                entries = view.entries(config)
+                entries = [e for e in ranked if e.config == config]
                 choices = view.choices(entries)
                 out += [view.table(config, entries),
                         gr.update(choices=choices, value=choices[0][1] if choices else None),
                         view.confusion_figure(config, None, entries),
                         view.per_size(config, entries), view.per_size_figure(config, entries)]
-            return out + [view.overview(), view.overview_figure(), view.history()]
+            return out + [view.overview(tab_configs, ranked), view.overview_figure(ranked), view.history(stored)]
 
         board_outputs = [c for config in tab_configs for c in (tables[config], pickers[config], plots[config],
                                                                 size_tables[config], size_plots[config])]
