@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lora_wise import jsonio
 from lora_wise.cache import cache_dir
 from lora_wise.configs import MINIATURE
 from lora_wise.errors import BackboneError, DeviceError
@@ -105,9 +106,9 @@ def write_tokenizer(folder: Path) -> None:
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "vocab.json").write_text(jsonio.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps(
+    (folder / "tokenizer_config.json").write_text(jsonio.dumps(
         {"tokenizer_class": "CLIPTokenizer", "model_max_length": MINI_MAX_TOKENS,
          "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
          "unk_token": "<|endoftext|>"}, indent=2))
@@ -287,7 +288,7 @@ def miniature_backbone(spec: MiniBackboneSpec = DEFAULT_MINI_SPEC, progress: boo
             with _quiet_loading():
                 pipe.save_pretrained(staging, safe_serialization=True)
             timings["total_seconds"] = time.perf_counter() - start
-            (staging / INFO_FILE).write_text(json.dumps(
+            (staging / INFO_FILE).write_text(jsonio.dumps(
                 {"spec": asdict(spec), "key": spec.key(), "version": MINI_VERSION, "timings": timings,
                  "torch_threads": threads}, indent=2))
             if target.exists():  # a leftover without INFO_FILE: an interrupted earlier attempt

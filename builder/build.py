@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from lora_wise import jsonio
 from lora_wise.configs import MINIATURE, MINIATURE_CONFIGS, BenchmarkConfig, get_config
 from lora_wise.errors import OptionError
 from lora_wise.layout import DEFAULT_MAX_SHARD_BYTES
@@ -183,7 +184,7 @@ def _plan(cfg: BenchmarkConfig, options: BuildOptions, device: str) -> _ConfigPl
     check_images(source, [image for model in pending(planned, done) for image in model.image_ids])
     recipe = json.loads(cfg.recipe.to_json())
     recipe["build"] = {"backbone": identity, "precision": precision, "images": fingerprint["images"]}
-    return _ConfigPlan(cfg, source, backbone, precision, store, json.dumps(recipe, sort_keys=True), planned, done)
+    return _ConfigPlan(cfg, source, backbone, precision, store, jsonio.dumps(recipe, sort_keys=True), planned, done)
 
 
 def _training_threads(options: BuildOptions, device: str, backbone_source: str) -> int | None:

@@ -59,6 +59,7 @@ from typing import Iterable, Sequence
 
 import pyarrow.parquet as pq
 
+from lora_wise import jsonio
 from lora_wise.configs import BenchmarkConfig
 from lora_wise.errors import BuildStateError
 from lora_wise.layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir,
@@ -114,7 +115,7 @@ class ConfigStore:
         return json.loads(self.manifest_path.read_text())
 
     def _write_manifest(self, manifest: dict) -> None:
-        atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        atomic_write_bytes(self.manifest_path, jsonio.dumps(manifest, indent=1, sort_keys=True).encode())
 
     def manifest(self) -> dict:
         manifest = self._read_manifest()

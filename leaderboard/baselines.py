@@ -1,10 +1,11 @@
 """Put the two reference baselines on the leaderboard.
 
-For each config, DSiRe and Frobenius-NN are fitted on the train micro-datasets of
-the standard split and predict its test models (``lora_wise.protocol.run_protocol``,
-standard protocol); their predictions go through ``submit`` like anyone's, marked as
-reference entries.  Adding them again with identical predictions is a no-op, so the
-command can run after every rebuild.
+For each config, DSiRe and Frobenius-NN run under the paper protocol
+(``lora_wise.protocol.run_protocol``: fitted on the train micro-datasets of each of the 10
+draws, predicting its test models; the first draw is the standard split); every draw's
+predictions go through ``submit`` like a results record, marked as reference entries, so the
+board shows their standard-split score and their 10-draw mean ± std.  Adding them again
+with identical predictions is a no-op, so the command can run after every rebuild.
 
 ``seed_baselines`` is what a fresh Space runs when it starts (``$LORA_WISE_SEED_BASELINES=1``,
 set by ``lora-wise leaderboard deploy``): it adds them for each config of the dataset that
@@ -18,10 +19,10 @@ import os
 
 from lora_wise.baselines import BASELINES, REFERENCE_BASELINES
 
-from .entries import predictions_sha256
-from .references import available_configs, default_dataset, load_references, resolve_config
-from .store import Store, open_store
-from .submission import ParsedSubmission, SubmissionError
+from .entries import duplicate_key, predictions_sha256
+from .references import available_configs, default_dataset, resolve_config
+from .store import Store, open_store, ranked_entries
+from .submission import SubmissionError, parse_record
 from .scoring import SubmitResult, submit
 
 #: Baseline name in ``lora_wise.baselines`` -> method name on the leaderboard.
@@ -36,15 +37,16 @@ log = logging.getLogger(__name__)
 
 def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] | None = None,
                   store: Store | None = None, progress: bool = False,
-                  results: dict | None = None) -> list[SubmitResult]:
-    """Score DSiRe and Frobenius-NN on the test split of each config and store them.
+                  results: dict | None = None, protocol: str = "paper") -> list[SubmitResult]:
+    """Score DSiRe and Frobenius-NN under ``protocol`` on each config and store them.
 
     ``configs`` defaults to every config the dataset holds.  ``results`` may hold protocol
     results already computed (``{config: {"dsire": ProtocolResult, ...}}``, e.g. by the
-    report): their standard draw is submitted instead of fitting again.  Returns the entries
-    added (an identical reference entry already stored is not added twice).
+    report): they are submitted instead of fitting again.  Returns the entries added (a
+    reference entry with the same standard-split predictions already ranked is not added again).
     """
     from lora_wise.data import feature_table
+    from lora_wise.evaluation import to_record
     from lora_wise.protocol import run_protocol
 
     where = str(dataset) if dataset else default_dataset()
@@ -55,22 +57,24 @@ def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] |
                               f"with `lora-wise build --config mini_low_r8 --out {where}`")
     added = []
     for config in names:
-        references = load_references(where, config, "test")
         known = (results or {}).get(config, {})
         table = None
-        existing = {(e.method, e.sha256) for e in store.entries(config, "test") if e.reference}
+        ranked = ranked_entries(store, config, "test")
+        existing = {(e.method, e.sha256) for e in ranked if e.reference}
+        keys = {e.duplicate_key() for e in ranked}
         for baseline, method in REFERENCE_METHODS.items():
             if baseline in known:
-                draw = known[baseline].standard
+                result = known[baseline]
             else:
                 table = table if table is not None else feature_table(where, config, progress=progress)
-                draw = run_protocol(table, config, baseline, protocol="standard").standard
-            predictions = dict(zip(draw.model_ids, (float(p) for p in draw.predictions)))
-            if (method, predictions_sha256(predictions)) in existing:
+                result = run_protocol(table, config, baseline, protocol=protocol)
+            parsed = parse_record(to_record(result, where, name=method), f"the {baseline} run on {config}")
+            predictions = [d.predictions for d in parsed.draws]
+            if (method, predictions_sha256(predictions[0])) in existing or \
+                    duplicate_key(config, "test", predictions) in keys:
                 continue
-            added.append(submit(ParsedSubmission(predictions=predictions), method=method, config=config,
-                                split="test", authors=REFERENCE_AUTHORS, link=REFERENCE_LINK, store=store,
-                                reference=True, references=references))
+            added.append(submit(parsed, method=method, config=config, split="test", authors=REFERENCE_AUTHORS,
+                                link=REFERENCE_LINK, store=store, reference=True, dataset=where))
     return added
 
 

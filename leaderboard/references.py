@@ -39,13 +39,15 @@ class References:
     config: str
     split: str
     sizes: dict[str, int]
+    #: What these models are, for messages (default: ``the <split> split of <config>``).
+    label: str = ""
 
     def check_ids(self, predicted_ids) -> None:
         """Every model of the split predicted, nothing else (duplicates are caught when parsing)."""
         predicted = set(predicted_ids)
         missing = [m for m in self.sizes if m not in predicted]
         unknown = [m for m in predicted_ids if m not in self.sizes]
-        where = f"the {self.split} split of {self.config}"
+        where = self.label or f"the {self.split} split of {self.config}"
         problems = []
         if missing:
             problems.append(f"{counted(missing, 'model', 'have')} no prediction among the {len(self.sizes)} of {where} "
@@ -93,12 +95,10 @@ def available_configs(dataset: str | os.PathLike) -> list[str]:
         return []
 
 
-def load_references(dataset: str | os.PathLike | None, config: str, split: str = DEFAULT_SPLIT) -> References:
-    """True sizes of ``split`` of ``config`` in ``dataset`` (None: the default dataset)."""
+def _labels(where: str, config: str, split: str):
+    """``lora_wise.data.labels`` of one split at the checkpoint step, its failures as ``SubmissionError``."""
     from lora_wise.data import labels
 
-    where = str(dataset) if dataset else default_dataset()
-    config, split = resolve_config(config), resolve_split(split)
     if not Path(where).exists() and ("/" not in where or where.startswith((".", "/"))):
         raise SubmissionError(
             f"no LoRA-WiSE dataset at {where!r} to score against: build one (`lora-wise build --config "
@@ -115,5 +115,37 @@ def load_references(dataset: str | os.PathLike | None, config: str, split: str =
     if not found.model_ids:
         raise SubmissionError(f"the {split} split of {config} in {where!r} has no models at the checkpoint "
                               f"step; rebuild it with `lora-wise build --config {config}`")
+    return found
+
+
+def load_references(dataset: str | os.PathLike | None, config: str, split: str = DEFAULT_SPLIT) -> References:
+    """True sizes of ``split`` of ``config`` in ``dataset`` (None: the default dataset)."""
+    where = str(dataset) if dataset else default_dataset()
+    config, split = resolve_config(config), resolve_split(split)
+    found = _labels(where, config, split)
     return References(dataset=where, config=config, split=split,
                       sizes=dict(zip(found.model_ids, (int(s) for s in found.dataset_sizes))))
+
+
+def load_draw_references(dataset: str | os.PathLike | None, config: str, n: int) -> list[References]:
+    """The true sizes of the test models of each of the first ``n`` draws of the reference protocol.
+
+    A draw's test models are those of its test micro-datasets (``lora_wise.splits.draws``) at the
+    checkpoint step, from both splits of the dataset -- what ``lora_wise.protocol`` scores on that draw.
+    """
+    from lora_wise.splits import draws
+
+    where = str(dataset) if dataset else default_dataset()
+    config = resolve_config(config)
+    models = []
+    for split in SPLITS:
+        found = _labels(where, config, split)
+        models += zip(found.model_ids, (int(s) for s in found.dataset_sizes),
+                      (int(i) for i in found.micro_dataset_indices))
+    out = []
+    for index, split in enumerate(draws(config, n)):
+        test = set(split.test)
+        out.append(References(dataset=where, config=config, split=DEFAULT_SPLIT,
+                              sizes={m: size for m, size, micro in models if micro in test},
+                              label=f"the test micro-datasets of draw {index} of {config}"))
+    return out

@@ -13,9 +13,16 @@ row and agree with what the command line or the upload form says.
 The format is recognised by content, never by the file name: a first non-blank
 character ``{`` means JSON Lines, anything else is parsed as comma-separated text
 with a header.  Binary data, a JSON array, a header without ``model_id`` and
-``prediction``, a value that is not a finite positive number, a model id given twice
-and files over ``MAX_BYTES`` or ``MAX_ROWS`` are each a ``SubmissionError`` whose
-message names the problem (with line numbers) and says how to fix it.
+``prediction``, a value that is not a number of images (finite, positive, at most
+``MAX_PREDICTION``), a model id given twice and files over ``MAX_BYTES`` or
+``MAX_ROWS`` are each a ``SubmissionError`` whose message names the problem (with line
+numbers) and says how to fix it.
+
+A **results record** (the JSON ``lora-wise evaluate`` writes, ``"kind": "lora-wise-results"``)
+is recognised by content too: one JSON object with a ``kind``.  Its owner,
+``lora_wise.results``, validates it (strict JSON, schema version 1, predictions in
+(0, ``MAX_PREDICTION``]); its reported metrics are never used (``scoring`` recomputes
+them against the leaderboard's own references).
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_wise import jsonio
 from lora_wise.errors import SubmissionError
+from lora_wise.results import MAX_PREDICTION
 
 #: Largest submission accepted, in bytes (the paper's biggest split has 1,750 models;
 #: 50 MB leaves room for any foreseeable config while keeping a public Space safe).
@@ -38,19 +47,37 @@ MAX_BYTES = 50 * 1024 * 1024
 MAX_ROWS = 1_000_000
 REQUIRED_COLUMNS = ("model_id", "prediction")
 METADATA_FIELDS = ("method", "authors", "link", "config", "split")
-#: Longest method / authors / link accepted (they are shown in a table).
-MAX_TEXT = {"method": 100, "authors": 300, "link": 500, "config": 100, "split": 20}
+#: Largest provenance (method, parameters, versions, dataset fields) of a record kept with an entry.
+MAX_SOURCE_CHARS = 20_000
 #: How many offending rows an error message quotes.
 EXAMPLES = 3
 
 
 @dataclass(frozen=True)
+class RecordDraw:
+    """One draw of a results record: its split as the record states it, and its test predictions."""
+
+    draw: int
+    train: tuple
+    test: tuple
+    predictions: dict[str, float]
+
+
+@dataclass(frozen=True)
 class ParsedSubmission:
-    """The content of a submission file: predictions in file order and its metadata fields."""
+    """The content of a submission: the standard split's predictions and the metadata fields.
+
+    From a results record also: its ``protocol``, every draw (``draws``, draw 0 first: its
+    predictions are ``predictions``) and its provenance (``source``: the method's class and
+    parameters, versions, the dataset's fingerprint, checkpoint step and split seed, the date).
+    """
 
     predictions: dict[str, float]
     metadata: dict[str, str] = field(default_factory=dict)
     format: str = "csv"
+    protocol: str = "standard"
+    draws: tuple[RecordDraw, ...] = ()
+    source: dict = field(default_factory=dict)
 
 
 def counted(items, noun: str, verb: str = "are") -> str:
@@ -199,6 +226,43 @@ def _as_number(value, text_ok: bool) -> float | None:
     return None
 
 
+class _BadValues:
+    """Predictions that are not a number of images, collected by kind for one message."""
+
+    def __init__(self):
+        self.not_numbers: list[str] = []
+        self.not_finite: list[str] = []
+        self.not_positive: list[str] = []
+        self.too_large: list[str] = []
+
+    def check(self, raw, where: str, text_ok: bool) -> float | None:
+        """The prediction as a float, or None after noting why it is not a dataset size."""
+        value = _as_number(raw, text_ok=text_ok)
+        kind = (self.not_numbers if value is None else self.not_finite if not math.isfinite(value)
+                else self.not_positive if value <= 0 else self.too_large if value > MAX_PREDICTION else None)
+        if kind is not None:
+            kind.append(f"{where}: {_shown(raw)}")
+            return None
+        return value
+
+    def problems(self, json_numbers: bool) -> list[str]:
+        out = []
+        if self.not_numbers:
+            out.append(f"{counted(self.not_numbers, 'prediction')} not a number ({_examples(self.not_numbers)}); "
+                       f"a prediction is a number of images, e.g. 3 or 12.5"
+                       + (" (a JSON number, not a string)" if json_numbers else ""))
+        if self.not_finite:
+            out.append(f"{counted(self.not_finite, 'prediction')} NaN or infinite ({_examples(self.not_finite)}); "
+                       f"predict a finite number of images for every model")
+        if self.not_positive:
+            out.append(f"{counted(self.not_positive, 'prediction')} zero or negative "
+                       f"({_examples(self.not_positive)}); a dataset size is at least 1 image")
+        if self.too_large:
+            out.append(f"{counted(self.too_large, 'prediction')} over {MAX_PREDICTION:,.0f} images "
+                       f"({_examples(self.too_large)}); a dataset size is at most {MAX_PREDICTION:,.0f} images")
+        return out
+
+
 def parse_submission(text: str, name: str = "submission", max_rows: int = MAX_ROWS) -> ParsedSubmission:
     """Parse decoded text; every problem found is reported together in one ``SubmissionError``."""
     start = text.lstrip()[:1]
@@ -211,7 +275,7 @@ def parse_submission(text: str, name: str = "submission", max_rows: int = MAX_RO
     predictions: dict[str, float] = {}
     lines_of: dict[str, list[int]] = {}
     metadata_values: dict[str, dict[str, int]] = {}
-    bad_ids, not_numbers, not_finite, not_positive = [], [], [], []
+    bad_ids, bad_values = [], _BadValues()
     for line, row in rows:
         model_id = row["model_id"]
         if not isinstance(model_id, str) or not model_id.strip():
@@ -219,14 +283,8 @@ def parse_submission(text: str, name: str = "submission", max_rows: int = MAX_RO
             continue
         model_id = model_id.strip()
         lines_of.setdefault(model_id, []).append(line)
-        value = _as_number(row["prediction"], text_ok=fmt == "csv")
-        if value is None:
-            not_numbers.append(f"line {line}: {_shown(row['prediction'])}")
-        elif not math.isfinite(value):
-            not_finite.append(f"line {line}: {_shown(row['prediction'])}")
-        elif value <= 0:
-            not_positive.append(f"line {line}: {_shown(row['prediction'])}")
-        else:
+        value = bad_values.check(row["prediction"], f"line {line}", text_ok=fmt == "csv")
+        if value is not None:
             predictions.setdefault(model_id, value)
         for key in METADATA_FIELDS:
             if key in row and row[key] is not None and str(row[key]).strip():
@@ -239,16 +297,7 @@ def parse_submission(text: str, name: str = "submission", max_rows: int = MAX_RO
     if bad_ids:
         problems.append(f"{counted(bad_ids, 'row', 'have')} an empty or non-text model_id ({_examples(bad_ids)}); "
                         f"give every row the id of a model of the split")
-    if not_numbers:
-        problems.append(f"{counted(not_numbers, 'prediction')} not a number ({_examples(not_numbers)}); "
-                        f"a prediction is a number of images, e.g. 3 or 12.5"
-                        + (" (a JSON number, not a string)" if fmt == "jsonl" else ""))
-    if not_finite:
-        problems.append(f"{counted(not_finite, 'prediction')} NaN or infinite ({_examples(not_finite)}); "
-                        f"predict a finite number of images for every model")
-    if not_positive:
-        problems.append(f"{counted(not_positive, 'prediction')} zero or negative ({_examples(not_positive)}); "
-                        f"a dataset size is at least 1 image")
+    problems += bad_values.problems(json_numbers=fmt == "jsonl")
     duplicates = [f"{_shown(mid)} (lines {', '.join(map(str, lines))})" for mid, lines in lines_of.items() if len(lines) > 1]
     if duplicates:
         problems.append(f"{counted(duplicates, 'model id', 'appear')} more than once ({_examples(duplicates)}); "
@@ -266,25 +315,56 @@ def parse_submission(text: str, name: str = "submission", max_rows: int = MAX_RO
 
 def read_submission(source: str | os.PathLike | bytes, name: str | None = None,
                     max_bytes: int = MAX_BYTES, max_rows: int = MAX_ROWS) -> ParsedSubmission:
-    """Read and validate a submission from a path or from its bytes (an upload)."""
+    """Read and validate a submission -- a predictions file or a results record -- from a path or its bytes."""
     if name is None:
         name = "the submission" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
     data = _read_bytes(source, name, max_bytes)
     if not data:
         raise SubmissionError(f"{name} is empty; a submission needs a header `model_id,prediction` and "
                               f"one row per model of the split")
-    return parse_submission(_decode(data, name), name, max_rows=max_rows)
+    text = _decode(data, name)
+    if _is_record(text):
+        from lora_wise import results
+
+        return parse_record(results.loads(text, name=name), name)
+    return parse_submission(text, name, max_rows=max_rows)
 
 
-def check_text(key: str, value: str | None) -> str:
-    """Strip a metadata value and check it is printable and short enough for the table."""
-    value = (value or "").strip()
-    limit = MAX_TEXT.get(key, 300)
-    if len(value) > limit:
-        raise SubmissionError(f"the {key} is {len(value)} characters long; keep it under {limit}")
-    if any(ch in value for ch in "\n\r\t\x00"):
-        raise SubmissionError(f"the {key} contains control characters (newlines or tabs); use one plain line")
-    if key == "link" and value and not value.startswith(("https://", "http://")):
-        raise SubmissionError(f"the link {value!r} is not a web address; give an http(s):// URL to the "
-                              f"paper or code, or leave it empty")
-    return value
+def _is_record(text: str) -> bool:
+    """Whether the text is one JSON object that means to be a results record (has its ``kind``)."""
+    if not text.lstrip().startswith("{"):
+        return False
+    try:  # lenient here (NaN read): whether it is valid is the record reader's to say
+        obj = json.loads(text)
+    except ValueError:  # JSON Lines (several objects), or broken JSON: read as a predictions file
+        return False
+    return isinstance(obj, dict) and "kind" in obj
+
+
+# --------------------------------------------------------------------------- results records
+
+def parse_record(record: dict, name: str = "the record") -> ParsedSubmission:
+    """A results record, validated by its owner (``lora_wise.results.validate``: schema version 1, finite
+    numbers, predictions in (0, ``MAX_PREDICTION``], the protocol's number of draws), as a submission.
+
+    Its reported metrics are not kept: ``scoring`` recomputes every draw's.  Whether its draws and
+    their models are the leaderboard's is checked against the references there.
+    """
+    from lora_wise import results
+
+    results.validate(record)
+    draws = tuple(RecordDraw(draw=d["draw"], train=tuple(d["train_micro_datasets"]),
+                             test=tuple(d["test_micro_datasets"]),
+                             predictions={str(m): float(v) for m, v in d["predictions"].items()})
+                  for d in record["draws"])
+    method = record["method"]
+    source = {"method_class": method["class"], "method_params": method["params"], "date": record["date"],
+              "lora_wise_version": record["lora_wise_version"], "versions": record["versions"],
+              "dataset": record["dataset"]}
+    if len(jsonio.dumps(source)) > MAX_SOURCE_CHARS:
+        raise SubmissionError(f"{name}: the record's method, versions and dataset fields take more than "
+                              f"{MAX_SOURCE_CHARS:,} characters as JSON; keep the method's parameters short")
+    return ParsedSubmission(predictions=draws[0].predictions, format="record", protocol=record["protocol"],
+                            draws=draws, source=source,
+                            metadata={"method": method["name"], "config": record["dataset"]["config"],
+                                      "split": "test"})

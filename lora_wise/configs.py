@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from . import jsonio
 from .errors import UnknownConfigError
 
 #: The 50 Concept101 micro-datasets of the published low range, in the order the
@@ -82,7 +82,7 @@ class Recipe:
 
     def to_json(self) -> str:
         """Stable JSON used in every dataset row, so a snapshot carries its own recipe."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return jsonio.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
 @dataclass(frozen=True)

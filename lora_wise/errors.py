@@ -20,6 +20,7 @@ any other exception is a bug and shows its traceback.
     ├── IncompatibleLoRAError (ValueError)    a LoRA that cannot be compared with the references
     ├── DatasetSizeRecoveryInputError (ValueError)   predictions the metric cannot score
     ├── ResultsRecordError (ValueError)       a results record that is not valid JSON of its schema
+    ├── TextPolicyError (ValueError)          a name, authors, link or reason outside the character policy
     ├── MethodError (ValueError)              a method that cannot be loaded or breaks the method interface
     ├── MissingDependencyError (ImportError)  an optional dependency is not installed
     ├── RepoIdError (ValueError)              not a Hub repo id (owner/name)
@@ -93,6 +94,10 @@ class DatasetSizeRecoveryInputError(LoRAWiSEError, ValueError):
 
 class ResultsRecordError(LoRAWiSEError, ValueError):
     """A results record (``lora_wise.results``) that is not valid JSON of its schema; the message names the field."""
+
+
+class TextPolicyError(LoRAWiSEError, ValueError):
+    """Text a person gave (a name, authors, a link, a reason) breaks the character policy of ``lora_wise.text``."""
 
 
 class MethodError(LoRAWiSEError, ValueError):

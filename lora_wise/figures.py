@@ -6,12 +6,18 @@ it; callers save it (``fig.savefig``) or hand it to ``gr.Plot``.  matplotlib is
 imported inside the functions, so importing this module costs nothing.
 
 Leaderboard: ``plot_confusion_matrix`` (one entry: true size against predicted size,
-as the metric counts them) and ``plot_metrics_by_method`` (MAE, MAPE and
-accuracy per config and method).  Report, after the paper: ``plot_norm_vs_size``
+as the metric counts them), ``plot_metrics_by_method`` (MAE, MAPE and
+accuracy per config and method) and ``plot_accuracy_per_size`` (accuracy per true
+dataset size, one line per entry).  Report, after the paper: ``plot_norm_vs_size``
 (Fig. 2a: the spread of the mean Frobenius norm per dataset size),
 ``plot_layer_accuracy`` (Fig. 3: accuracy of each layer on its own) and
 ``plot_accuracy_vs_train_size`` (Fig. 5: accuracy against the number of training
 micro-datasets).
+
+Every text in these figures is drawn as plain text: each function ends with
+:func:`as_plain_text`, which turns off matplotlib's mathtext (``$...$``) and TeX on every text
+object of the figure, so a method name such as ``math $\\foo$ x`` shows as typed instead of
+failing to parse (or rendering markup).
 """
 
 from __future__ import annotations
@@ -33,6 +39,16 @@ def _figure(width: float = 6.4, height: float = 4.8, ncols: int = 1):
     return fig, axes
 
 
+def as_plain_text(fig):
+    """Draw every text object of ``fig`` as the literal string it holds: no mathtext, no TeX."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+        text.set_usetex(False)
+    return fig
+
+
 def plot_confusion_matrix(labels: Sequence, matrix, title: str = "Confusion matrix"):
     """Counts of (true size, predicted size) over the metric's ``labels``; annotated up to 20 sizes."""
     matrix = np.asarray(matrix)
@@ -52,7 +68,7 @@ def plot_confusion_matrix(labels: Sequence, matrix, title: str = "Confusion matr
     for (i, j), count in np.ndenumerate(matrix if len(labels) <= 20 else np.zeros((0, 0))):
         ax.text(j, i, str(int(count)), ha="center", va="center",
                 color="white" if count > threshold else "black", fontsize=8)
-    return fig
+    return as_plain_text(fig)
 
 
 def _value(entry, key):
@@ -90,7 +106,32 @@ def plot_metrics_by_method(entries: Iterable, title: str = "Leaderboard by confi
     else:
         axes[1].text(0.5, 0.5, "no entries yet", ha="center", va="center", transform=axes[1].transAxes)
     fig.suptitle(title)
-    return fig
+    return as_plain_text(fig)
+
+
+def plot_accuracy_per_size(series: dict[str, dict], title: str = "Accuracy per dataset size"):
+    """Accuracy against the true dataset size: one line per entry.
+
+    ``series`` maps a label (an entry's method) to ``{size: accuracy}``, accuracy as a
+    fraction (drawn in percent), e.g. the ``per_size`` numbers of the metric.
+    """
+    fig, (ax,) = _figure(7.2, 4.4)
+    sizes = sorted({float(s) for values in series.values() for s in values})
+    positions = {size: i for i, size in enumerate(sizes)}
+    for label, values in series.items():
+        points = sorted((float(s), for_display("accuracy", float(a))) for s, a in values.items())
+        ax.plot([positions[s] for s, _ in points], [a for _, a in points], marker="o", label=label)
+    ax.set_xticks(range(len(sizes)), [f"{s:g}" for s in sizes])
+    ax.set_xlabel("true dataset size (images)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no entries yet", ha="center", va="center", transform=ax.transAxes)
+    return as_plain_text(fig)
 
 
 def plot_norm_vs_size(dataset_sizes: Sequence, norms: Sequence, title: str = "LoRA norm against dataset size"):
@@ -109,7 +150,7 @@ def plot_norm_vs_size(dataset_sizes: Sequence, norms: Sequence, title: str = "Lo
     ax.set_ylabel("mean Frobenius norm of BA")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    return fig
+    return as_plain_text(fig)
 
 
 def plot_layer_accuracy(layer_names: Sequence[str], accuracies: Sequence, title: str = "Accuracy per layer"):
@@ -124,7 +165,7 @@ def plot_layer_accuracy(layer_names: Sequence[str], accuracies: Sequence, title:
     ax.set_xlabel("layer")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    return fig
+    return as_plain_text(fig)
 
 
 def plot_accuracy_vs_train_size(n_train: Sequence, mean: Sequence, std: Sequence | None = None,
@@ -143,4 +184,4 @@ def plot_accuracy_vs_train_size(n_train: Sequence, mean: Sequence, std: Sequence
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    return fig
+    return as_plain_text(fig)

@@ -44,6 +44,7 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
+from . import jsonio
 from .errors import LoRAFormatError, NotFoundError, PickleRefusedError
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
@@ -458,7 +459,7 @@ def peft_safetensors(weights: LoRAWeights, alpha: float | None = None) -> bytes:
               "alpha_pattern": {n: v for n, v in alphas.items() if v != lora_alpha}}
     packed = {f"unet.{key}": value for key, value in config.items()}
     return save(tensors, metadata={"format": "pt",
-                                   "lora_adapter_metadata": json.dumps(packed, indent=2, sort_keys=True)})
+                                   "lora_adapter_metadata": jsonio.dumps(packed, indent=2, sort_keys=True)})
 
 
 def canonical_safetensors(data: bytes) -> bytes:
@@ -473,6 +474,6 @@ def canonical_safetensors(data: bytes) -> bytes:
     if "__metadata__" in header:
         ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
     ordered.update(sorted(header.items(), key=lambda item: (item[1]["data_offsets"][0], item[0])))
-    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text = jsonio.dumps(ordered, compact=True).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + data[8 + length:]

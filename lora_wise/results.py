@@ -39,13 +39,14 @@ import json
 import math
 import os
 import re
-import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import jsonio
 from .errors import ResultsRecordError
 from .splits import PAPER_DRAWS, SEED
+from .text import refused_category
 
 SCHEMA_VERSION = 1
 KIND = "lora-wise-results"
@@ -172,9 +173,9 @@ def _text(value: Any, where: str, max_length: int = 200) -> str:
         raise _fail(where, "must be a non-empty string")
     if len(value) > max_length:
         raise _fail(where, f"is {len(value)} characters long; at most {max_length}")
-    bad = [c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
+    bad = [c for c in value if refused_category(c)]  # the project's one character policy (lora_wise.text)
     if bad:
-        raise _fail(where, f"holds a control, format or bidi character (U+{ord(bad[0]):04X}); plain text only")
+        raise _fail(where, f"holds a {refused_category(bad[0])} (U+{ord(bad[0]):04X}); plain text only")
     return value
 
 
@@ -329,7 +330,7 @@ def validate(record: Any) -> dict:
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys and no NaN or infinity: equal values give equal text."""
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return jsonio.dumps(value, sort_keys=True, compact=True, ensure_ascii=False)
     except ValueError as exc:
         raise ResultsRecordError(f"results record: not valid JSON ({exc})") from None
 
@@ -337,7 +338,7 @@ def canonical_json(value: Any) -> str:
 def dumps(record: dict) -> str:
     """A validated record as the text of its file: indented JSON with sorted keys."""
     validate(record)
-    return json.dumps(record, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    return jsonio.dumps(record, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 
 def _no_constant(name: str):

@@ -57,8 +57,8 @@ def test_metrics_by_method_draws_the_best_entry_per_method_and_config():
     bars = {c.get_label(): [b.get_height() for b in c] for c in mae_ax.containers}
     assert bars["DSiRe"][0] == 0.5 and np.isnan(bars["DSiRe"][1])  # best of two; absent on medium
     assert bars["Frob"] == [0.6, 6.4]
-    assert [b.get_height() for b in acc_ax.containers[0]][0] == 60.0
-    assert [b.get_height() for b in mape_ax.containers[1]] == [15.0, 24.0]
+    assert [b.get_height() for b in acc_ax.containers[0]][0] == 60.0  # fractions drawn in percent
+    assert [b.get_height() for b in mape_ax.containers[1]] == pytest.approx([15.0, 24.0])
     _png_ok(fig)
     assert figures.plot_metrics_by_method([]).axes[1].texts[0].get_text() == "no entries yet"
 
@@ -97,3 +97,31 @@ def test_accuracy_vs_train_size_plots_mean_and_std():
     ys = band.get_paths()[0].vertices[:, 1]
     assert ys.min() == pytest.approx(15.0) and ys.max() == pytest.approx(61.0)
     _png_ok(fig)
+
+
+def test_user_text_is_drawn_as_typed_never_as_mathtext():
+    """A method name with mathtext, which crashed `leaderboard serve` (ParseFatalException), draws as typed."""
+    from matplotlib.text import Text
+
+    hostile = "math $\\foo$ x"
+    figs = [figures.plot_metrics_by_method([_entry(hostile, "mini_low_r8", 0.5, 0.1, 0.5)]),
+            figures.plot_confusion_matrix([1, 2], [[1, 0], [0, 1]], title=f"{hostile} on mini_low_r8"),
+            figures.plot_accuracy_per_size({hostile: {"1": 0.5, "2": 1.0}})]
+    for fig in figs:
+        texts = [t for t in fig.findobj(Text) if hostile in t.get_text()]
+        assert texts and all(not t.get_parse_math() and not t.get_usetex() for t in texts)
+        _png_ok(fig)  # draws: mathtext would raise "Unknown symbol: \\foo"
+    unprotected = figures._figure()[0]
+    unprotected.suptitle(hostile)
+    with pytest.raises(ValueError, match=r"Unknown symbol: \\foo"):  # what as_plain_text prevents
+        _png_ok(unprotected)
+
+
+def test_accuracy_per_size_one_line_per_entry_in_percent():
+    fig = figures.plot_accuracy_per_size({"a": {"1": 0.5, "10": 1.0, "2": 0.25}, "b": {"1": 1.0, "2": 0.0}})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "10"]
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+    assert lines == {"a": ([0, 1, 2], [50.0, 25.0, 100.0]), "b": ([0, 1], [100.0, 0.0])}
+    _png_ok(fig)
+    assert figures.plot_accuracy_per_size({}).axes[0].texts[0].get_text() == "no entries yet"

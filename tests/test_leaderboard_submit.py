@@ -11,10 +11,12 @@ import pytest
 
 from lora_wise.leaderboard.baselines import REFERENCE_METHODS, add_baselines
 from lora_wise.leaderboard.store import SQLiteStore
-from lora_wise.leaderboard.submission import MAX_BYTES, SubmissionError
+from lora_wise.leaderboard.entries import predictions_sha256
+from lora_wise.leaderboard.submission import MAX_BYTES, SubmissionError, read_submission
 from lora_wise.leaderboard.scoring import submit
 from lora_wise.cli import main
 from lora_wise.data import labels
+from lora_wise.splits import draws
 
 CONFIG = "mini_low_r8"
 
@@ -52,7 +54,7 @@ def test_submit_scores_against_an_independent_computation(tmp_path, synthetic_be
     t = np.array([truth[m] for m in ids], dtype=float)
     entry = result.entry
     assert entry.mae == pytest.approx(np.mean(np.abs(p - t)))
-    assert entry.mape == pytest.approx(np.mean(np.abs(p - t) / t))  # fractions, as the metric returns them
+    assert entry.mape == pytest.approx(np.mean(np.abs(p - t) / t))  # fractions, as evaluate's metrics
     assert entry.accuracy == pytest.approx(np.mean(np.round(p) == t))
     sizes = sorted(set(truth.values()))
     labels = sorted(set(sizes) | {int(x) for x in np.round(p)})  # true or predicted, as rounded
@@ -76,16 +78,19 @@ def test_submit_scores_against_an_independent_computation(tmp_path, synthetic_be
 def test_rank_by_mae_then_mape_then_time(tmp_path, synthetic_benchmark, truth):
     store = SQLiteStore(tmp_path / "lb.sqlite")
     csv = lambda name, preds: write_csv(tmp_path / name, preds)  # noqa: E731
+    first = next(iter(truth))
     rough = submit(csv("rough.csv", guesses(truth, spread=3.0)), method="rough", config=CONFIG,
                    dataset=synthetic_benchmark, store=store)
-    exact = submit(csv("exact.csv", {m: float(s) for m, s in truth.items()}), method="exact", config=CONFIG,
+    above = submit(csv("above.csv", {**truth, first: truth[first] + 0.25}), method="above", config=CONFIG,
                    dataset=synthetic_benchmark, store=store)
-    again = submit(csv("again.csv", {m: float(s) for m, s in truth.items()}), method="exact again",
-                   config=CONFIG, dataset=synthetic_benchmark, store=store)
+    below = submit(csv("below.csv", {**truth, first: truth[first] - 0.25}), method="below", config=CONFIG,
+                   dataset=synthetic_benchmark, store=store)
     assert (rough.rank, rough.total) == (1, 1)
-    assert (exact.rank, exact.total) == (1, 2) and exact.entry.mae == 0 and exact.entry.accuracy == 1
-    assert (again.rank, again.total) == (2, 3)  # same MAE and MAPE: the earlier entry ranks first
-    assert again.entry.sha256 == exact.entry.sha256
+    assert (above.rank, above.total) == (1, 2) and above.entry.accuracy == 1.0
+    assert (below.entry.mae, below.entry.mape) == (above.entry.mae, above.entry.mape)
+    assert (below.rank, below.total) == (2, 3)  # same MAE and MAPE: the earlier entry ranks first
+    exact = submit(csv("exact.csv", truth), method="exact", config=CONFIG, dataset=synthetic_benchmark, store=store)
+    assert (exact.rank, exact.entry.mae, exact.entry.accuracy) == (1, 0.0, 1.0)
 
 
 def test_jsonl_shuffled_and_reformatted_predictions_hash_the_same(tmp_path, synthetic_benchmark, truth):
@@ -95,12 +100,15 @@ def test_jsonl_shuffled_and_reformatted_predictions_hash_the_same(tmp_path, synt
                    dataset=synthetic_benchmark, store=store)
     items = list(predictions.items())
     random.Random(0).shuffle(items)
-    lines = [json.dumps({"model_id": m, "prediction": v, "method": "m", "config": CONFIG}) for m, v in items]
+    lines = [json.dumps({"model_id": m, "prediction": v, "method": "m2", "config": CONFIG}) for m, v in items]
     (tmp_path / "b.jsonl").write_text("\n".join(lines))
-    second = submit(tmp_path / "b.jsonl", dataset=synthetic_benchmark, store=store)  # metadata from the file
-    assert second.entry.method == "m" and second.entry.config == CONFIG
-    assert second.entry.sha256 == first.entry.sha256
-    assert second.entry.metrics == first.entry.metrics
+    parsed = read_submission(tmp_path / "b.jsonl")
+    assert parsed.metadata == {"method": "m2", "config": CONFIG}
+    assert predictions_sha256(parsed.predictions) == first.entry.sha256
+    # the same predictions for the same config, whatever the format and order: a duplicate, nothing stored
+    with pytest.raises(SubmissionError, match=rf"already on the leaderboard as entry {first.entry.short_id} \('m'"):
+        submit(tmp_path / "b.jsonl", dataset=synthetic_benchmark, store=store)  # metadata from the file
+    assert store.entries() == [first.entry]
 
 
 def test_cli_submit_and_show(tmp_path, synthetic_benchmark, truth, capsys, monkeypatch):
@@ -111,15 +119,21 @@ def test_cli_submit_and_show(tmp_path, synthetic_benchmark, truth, capsys, monke
                              "--link", "https://example.org", "--db", db, capsys=capsys)
     assert code == 0, err
     assert "rank 1 of 1 on mini_low_r8/test" in out and "cli-method" in out
-    code, out, _ = run_cli("submit", pred, "--config", CONFIG, "--method", "second", "--db", db, "--json",
+    code, out, err = run_cli("submit", pred, "--config", CONFIG, "--method", "again", "--db", db, capsys=capsys)
+    assert code == 2 and out == "" and "already on the leaderboard" in err and "\n" not in err.strip()
+    worse = write_csv(tmp_path / "worse.csv", guesses(truth, seed=1, spread=3.0))
+    code, out, _ = run_cli("submit", worse, "--config", CONFIG, "--method", "second", "--db", db, "--json",
                            capsys=capsys)
     shown = json.loads(out)
     assert code == 0 and shown["rank"] == 2 and shown["total"] == 2 and "confusion_matrix" in shown["metrics"]
+    assert shown["protocol"] == "standard" and shown["summary"] is None and shown["withdrawn"] is None
     code, out, _ = run_cli("leaderboard", "show", "--db", db, capsys=capsys)
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "mini_low_r8 (test split)"
-    assert [line.split()[1] for line in lines[3:5]] == ["cli-method", "second"]  # equal MAE: earlier first
+    assert lines[1].startswith("standard: the standard split (ranked); paper: the paper protocol: mean ± std of 10")
+    assert "MAE (standard)" in lines[2] and "accuracy (standard)" in lines[2] and "MAE (paper)" in lines[2]
+    assert [line.split()[1] for line in lines[4:6]] == ["cli-method", "second"]  # lower MAE first
     code, out, _ = run_cli("leaderboard", "show", "--db", db, "--json", "--config", CONFIG, capsys=capsys)
     assert [e["method"] for e in json.loads(out)] == ["cli-method", "second"]
     monkeypatch.setenv("LORA_WISE_LEADERBOARD_DB", str(db))  # --db from the environment
@@ -194,10 +208,15 @@ def test_every_bad_submission_is_an_error_with_nothing_stored(tmp_path, syntheti
     assert not db.exists() or store.entries() == []
 
 
-def test_reference_baselines_are_scored_on_the_standard_split(tmp_path, synthetic_benchmark, truth, capsys):
+def test_reference_baselines_carry_the_standard_split_and_the_paper_protocol(tmp_path, synthetic_benchmark, truth,
+                                                                            capsys):
     store = SQLiteStore(tmp_path / "lb.sqlite")
     added = add_baselines(synthetic_benchmark, configs=[CONFIG], store=store)
     assert sorted(r.entry.method for r in added) == sorted(REFERENCE_METHODS.values())
+    everything = {}
+    for split in ("train", "test"):
+        found = labels(synthetic_benchmark, CONFIG, split)
+        everything.update(zip(found.model_ids, zip(found.dataset_sizes.tolist(), found.micro_dataset_indices.tolist())))
     for result in added:
         entry = result.entry
         assert entry.reference and entry.split == "test" and set(entry.predictions) == set(truth)
@@ -205,6 +224,14 @@ def test_reference_baselines_are_scored_on_the_standard_split(tmp_path, syntheti
         t = np.array(list(truth.values()), dtype=float)
         assert entry.mae == pytest.approx(np.mean(np.abs(p - t)))
         assert set(np.unique(p)) <= set(t)  # nearest-neighbour baselines predict sizes seen in training
+        assert entry.protocol == "paper" and len(entry.draws) == 10
+        maes = []
+        for draw, split in zip(entry.draws, draws(CONFIG, 10)):  # each draw's test models, scored independently
+            assert set(draw["predictions"]) == {m for m, (_, micro) in everything.items() if micro in split.test}
+            errors = [abs(v - everything[m][0]) for m, v in draw["predictions"].items()]
+            maes.append(np.mean(errors))
+            assert draw["metrics"]["mae"] == pytest.approx(maes[-1])
+        assert entry.summary()["mae"] == pytest.approx({"mean": np.mean(maes), "std": np.std(maes)})
     code, out, _ = run_cli("leaderboard", "add-baselines", synthetic_benchmark, "--config", CONFIG,
                            "--db", store.path, capsys=capsys)  # again, from the CLI: nothing new
     assert code == 0 and "added 0 reference entries (all were already stored)" in out

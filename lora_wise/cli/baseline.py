@@ -7,9 +7,9 @@ not take (``--vote`` for NN-full-model, ``--classifier`` for Frobenius-NN) is no
 
 from __future__ import annotations
 
-import json
 import sys
 
+from .. import jsonio
 from ..baselines import BASELINES, baseline_class
 from ..baselines.layerwise import CLASSIFIERS, VOTES
 from ..data import CHECKPOINT
@@ -64,10 +64,10 @@ def _cmd_baseline(args) -> int:
               file=sys.stderr)
     if args.json:
         paper = result.paper
-        print(json.dumps({"method": result.method, "config": result.config.name, "protocol": result.protocol,
-                          "params": result.params, "summary": result.summary(),
-                          "draws": [d.metrics for d in result.draws],
-                          "paper": None if paper is None else paper.__dict__}, indent=2))
+        print(jsonio.dumps({"method": result.method, "config": result.config.name, "protocol": result.protocol,
+                            "params": result.params, "summary": result.summary(),
+                            "draws": [d.metrics for d in result.draws],
+                            "paper": None if paper is None else paper.__dict__}, indent=2))
     else:
         print(result.format())
     return 0

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from .. import jsonio
 from .parser import add_command
 
 
@@ -18,7 +17,7 @@ def _cmd_configs(args) -> int:
 
     configs = [c.summary() for c in iter_configs()]
     if args.json:
-        print(json.dumps(configs, indent=2))
+        print(jsonio.dumps(configs, indent=2))
         return 0
     header = f"{'config':<16}{'alias':<13}{'range':<8}{'sizes':<24}{'backbone':<10}{'rank':>5}{'models':>8}  source"
     print(header)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 
+from .. import jsonio
 from ..baselines import BASELINES
 from .parser import add_command, paragraph
 
@@ -49,7 +49,7 @@ def _cmd_predict(args) -> int:
             print(f"warning: {result.source}: {note}", file=sys.stderr)
     if args.json:
         payload = [r.to_dict() for r in results]
-        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+        print(jsonio.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
     else:
         print("\n\n".join(r.format(top=args.top) for r in results))
     return 0
