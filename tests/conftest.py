@@ -18,13 +18,19 @@ if "HF_MODULES_CACHE" not in os.environ:
 from synthetic import write_synthetic_benchmark
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test writes its caches (datasets, leaderboard) under a temp dir, never the user's."""
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Every test writes its caches (datasets, leaderboard) under a temp dir, never the user's.
+
+    Session-scoped, so it is in force before any fixture runs: a module-scoped fixture that
+    reads a dataset (a feature table) caches its Arrow files there too.
+    """
     cache = tmp_path_factory.getbasetemp() / "lora-wise-cache"
-    monkeypatch.setenv("LORA_WISE_CACHE", str(cache))
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LORA_WISE_CACHE", str(cache))
+        patch.setenv("HF_DATASETS_OFFLINE", "1")
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
 
 
 @pytest.fixture(scope="session")
