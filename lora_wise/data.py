@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -275,7 +275,8 @@ class WeightsByModel:
 
     Opens the view holding ``step`` (memory-mapped Arrow: nothing but the model ids is read
     up front) and reads one model's LoRA per call; :class:`lora_wise.methods.ModelSet` hands it
-    to a method as ``weights(i)``.
+    to a method as ``weights(i)``.  It keeps the ``lora`` column alone (no label column), and the
+    protocol gives a method a reader of only the models it is shown (:meth:`only`).
     """
 
     def __init__(self, path: str | os.PathLike, config: str, step: int | str = CHECKPOINT,
@@ -284,22 +285,49 @@ class WeightsByModel:
         if wanted_step(cfg, step) is None:
             raise DatasetLayoutError("weights by model need one step (a model has one row per step); "
                                      f"pass {CHECKPOINT!r} or a step number")
-        self._parts = {split: _select_step(load_steps(path, cfg.name, step, split), cfg, step, str(path))
-                       for split in splits}
+        self._parts: dict[str, object] = {}
         self._where: dict[str, tuple[str, int]] = {}
-        for split, ds in self._parts.items():
+        self._metadata = True
+        for split in splits:
+            ds = _select_step(load_steps(path, cfg.name, step, split), cfg, step, str(path))
             for row, model_id in enumerate(ds.data.column("model_id").to_pylist() if len(ds) else []):
                 self._where[model_id] = (split, row)
+            self._parts[split] = ds.select_columns(["lora"])
 
     def __contains__(self, model_id: str) -> bool:
         return model_id in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
 
     def __call__(self, model_id: str) -> LoRAWeights:
         try:
             split, row = self._where[model_id]
         except KeyError:
             raise NotFoundError(f"no model {model_id!r} in this dataset at this step") from None
-        return read_lora(self._parts[split][row]["lora"], name=model_id)
+        weights = read_lora(self._parts[split][row]["lora"], name=model_id)
+        return weights if self._metadata else replace(weights, metadata={})
+
+    def only(self, model_ids: Sequence[str], names: Sequence[str] | None = None,
+             metadata: bool = True) -> "WeightsByModel":
+        """A reader of ``model_ids`` alone, asked for by ``names`` (default: the ids themselves).
+
+        What the protocol hands a method: the training models' reader knows no test model, and
+        the test models' reader knows them by their opaque names only and, with
+        ``metadata=False``, reads them without their safetensors metadata (the layers, ranks
+        and alphas stay; alpha is already in each layer).
+        """
+        names = list(model_ids if names is None else names)
+        if len(names) != len(model_ids) or len(set(names)) != len(names):
+            raise ValueError(f"{len(names)} names for {len(model_ids)} models: give one distinct name per model")
+        missing = [m for m in model_ids if m not in self._where]
+        if missing:
+            raise NotFoundError(f"no model {missing[0]!r} in this dataset at this step")
+        reader = object.__new__(WeightsByModel)
+        reader._parts = self._parts
+        reader._where = {name: self._where[m] for name, m in zip(names, model_ids)}
+        reader._metadata = self._metadata and metadata
+        return reader
 
 
 def dataset_source(path: str | os.PathLike) -> str:

@@ -12,10 +12,15 @@ API card (as ``evaluate``'s metric modules have one):
     ``train`` is a :class:`ModelSet` of the training models, ``sizes`` a numpy array of their
     dataset sizes (the labels), in the order of ``train.model_ids``.  Returns ``self``.
 ``predict(test)``
-    ``test`` is a :class:`ModelSet` of the models to predict; it carries **no labels** (no
-    sizes attribute at all).  Returns one positive number per model, in the order of
-    ``test.model_ids``: an array-like of ``len(test)`` finite numbers of images (a prediction
-    counts as correct when it rounds to the true size).
+    ``test`` is a :class:`ModelSet` of the models to predict; it carries **no labels**: no
+    sizes attribute, opaque ids (``model-0000``, ``model-0001``, ... numbered in the order
+    shown) instead of the models' ids (which name the size), the models in a shuffled order
+    (the dataset is sorted by micro-dataset and size; the shuffle is seeded per draw, so it is
+    the same on every run), and ``weights(i)`` without the LoRA file's metadata.  Returns one
+    positive number per model, in the order of ``test.model_ids``: an array-like of
+    ``len(test)`` finite numbers of images (a prediction counts as correct when it rounds to
+    the true size).  The runner maps the predictions back to the real model ids, which the
+    results record and a leaderboard submission carry.
 ``name`` (optional)
     How results records and the leaderboard name the method; default: the class name.
 ``params()`` (optional)
@@ -25,7 +30,8 @@ API card (as ``evaluate``'s metric modules have one):
 A :class:`ModelSet` is a list of LoRA models with their features computed once:
 
 ``len(models)``, ``models.model_ids``, ``models.layer_names``, ``models.rank``
-    how many models, their ids (``<config>/<micro_dataset>/n<size>``), the adapted layers in
+    how many models, their ids (the training set's are the dataset's,
+    ``<config>/<micro_dataset>/n<size>``; the test set's are opaque), the adapted layers in
     order, the LoRA rank.
 ``models.norms(matrix="BA")``
     (models x layers) Frobenius norms: ``norms()`` is ‖BA‖_F of every layer (scale included);
@@ -34,7 +40,12 @@ A :class:`ModelSet` is a list of LoRA models with their features computed once:
     (models x layers x rank) singular values, descending, of ``"A"``, ``"B"`` or ``"BA"``.
 ``models.weights(i)``
     model ``i``'s LoRA weights, a :class:`lora_wise.lora.LoRAWeights` (layer -> A, B, scale),
-    read from the dataset when asked for.
+    read from the dataset when asked for (a test model's with empty ``metadata``).
+
+What this guards against: a method that uses a label by accident, through an id, the order or
+an attribute of the test set.  It is no sandbox: the method runs in the runner's process, and
+the test sizes are public in the dataset itself (and the test set's reader of weights must know
+where each model's bytes lie), so code that goes looking for them finds them.
 
 A small method, and what it returns (``ModelSet.from_arrays`` builds a set from arrays; the
 protocol builds them from a dataset):
@@ -51,7 +62,7 @@ protocol builds them from a dataset):
 ...         return self.sizes_[distance.argmin(axis=1)]
 >>> norms = np.array([[3.0, 3.2], [1.0, 1.1], [0.5, 0.4]])  # 3 models x 2 layers
 >>> train = ModelSet.from_arrays(["m/a/n1", "m/a/n10", "m/a/n50"], norms=norms)
->>> test = ModelSet.from_arrays(["m/b/n1", "m/b/n50"], norms=np.array([[2.9, 3.0], [0.6, 0.5]]))
+>>> test = ModelSet.from_arrays(["model-0000", "model-0001"], norms=np.array([[2.9, 3.0], [0.6, 0.5]]))
 >>> NearestNorm().fit(train, [1, 10, 50]).predict(test)
 array([ 1, 50])
 >>> hasattr(test, "sizes") or hasattr(test, "dataset_sizes")   # a test set carries no labels
@@ -115,8 +126,10 @@ class Method:
 class ModelSet:
     """LoRA models given to a method: ids, per-layer spectra and norms, and their weights on demand.
 
-    It carries no labels.  Built by the protocol from a :class:`~lora_wise.features.FeatureTable`
-    (:meth:`from_table`, which drops the table's sizes) or from arrays (:meth:`from_arrays`).
+    It holds no sizes.  Built from a :class:`~lora_wise.features.FeatureTable` (:meth:`from_table`,
+    which drops the table's sizes but keeps its ids: a training set) or from arrays
+    (:meth:`from_arrays`); the protocol shows a method its test models through
+    :func:`lora_wise.protocol.blind` (opaque ids, shuffled).
     """
 
     def __init__(self, model_ids: Sequence[str], layer_names: Sequence[str], spectra: dict[str, np.ndarray] | None,
@@ -129,7 +142,11 @@ class ModelSet:
 
     @classmethod
     def from_table(cls, table: FeatureTable, weights: Callable[[str], LoRAWeights] | None = None) -> "ModelSet":
-        """The models of a feature table, without its labels; ``weights`` reads a model's LoRA by id."""
+        """The models of a feature table without its sizes; ``weights`` reads a model's LoRA by id.
+
+        The table's ids name the sizes (``<config>/<micro_dataset>/n<size>``) and its rows are
+        sorted by them: this is a training set's view (or trusted code's), not a test set's.
+        """
         return cls(table.model_ids, table.layer_names, table.sv, table.norms, weights)
 
     @classmethod

@@ -3,8 +3,9 @@
 A method is anything with ``fit(train, sizes)`` and ``predict(test)`` over model sets
 (:mod:`lora_wise.methods`); the built-in baselines are methods like any other.  For each
 draw a fresh instance is fitted on the models of the train micro-datasets and predicts
-the models of the test micro-datasets, which it sees without their sizes; the dataset size
-recovery metric scores the predictions.  The summary is the mean and standard deviation
+the models of the test micro-datasets, which it sees without their sizes, under opaque ids and
+in a shuffled order (:func:`blind`); the runner maps the predictions back to the real model ids
+and the dataset size recovery metric scores them.  The summary is the mean and standard deviation
 over draws (``numpy.std``, ddof=0), printed beside the paper's figure where the paper
 reports one (for the built-in baselines).
 """
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -23,12 +25,14 @@ from .baselines import BASELINES, baseline_class, parse_matrices
 from .configs import BenchmarkConfig, get_config
 from .errors import DatasetLayoutError, MethodError, OptionError
 from .features import MATRICES, FeatureTable
-from .lora import LoRAWeights
 from .methods import ModelSet, check_predictions, class_reference, method_name, method_params
 from .metrics.dataset_size_recovery.scores import DISPLAY_LABELS, compute_metrics, for_display
 from .paper import PaperResult, paper_result
 from .results import METRICS, PROTOCOLS
-from .splits import Split, draws
+from .splits import SEED, Split, draws
+
+if TYPE_CHECKING:
+    from .data import WeightsByModel
 
 
 @dataclass
@@ -155,14 +159,16 @@ def method_factory(method: Any, options: dict) -> tuple[Callable[[], Any], Any]:
 
 def run_protocol(table: FeatureTable, config: str | BenchmarkConfig, method: Any = "dsire",
                  protocol: str = "standard", train_micro_datasets: int | None = None,
-                 weights: Callable[[str], LoRAWeights] | None = None, **options) -> ProtocolResult:
+                 weights: "WeightsByModel | None" = None, **options) -> ProtocolResult:
     """Fit and score ``method`` on each draw of ``protocol`` over the models in ``table``.
 
     ``method`` is a baseline's name (``dsire``; ``options`` go to it: k, vote, matrices ...), a
     method class (instantiated for each draw with ``options``) or a method instance (copied,
     unfitted, for each draw): anything with ``fit(train, sizes)`` and ``predict(test)`` over
-    :class:`~lora_wise.methods.ModelSet` s.  ``weights`` reads a model's LoRA by id, for
-    methods that call ``models.weights(i)`` (``lora_wise.data.WeightsByModel``).
+    :class:`~lora_wise.methods.ModelSet` s.  ``weights`` (a ``lora_wise.data.WeightsByModel``)
+    reads a model's LoRA by id, for methods that call ``models.weights(i)``; each set gets a
+    reader of its own models only.  The test set is shown as :func:`blind` makes it; the
+    results (``DrawResult.model_ids``, ``predictions``) are in the table's order, by real id.
     ``train_micro_datasets`` trains on only the first n train micro-datasets of each draw (the
     paper's Fig. 5).
     """
@@ -186,14 +192,45 @@ def run_protocol(table: FeatureTable, config: str | BenchmarkConfig, method: Any
                 f"(its {side} micro-datasets: {sorted(split.train if side == 'train' else split.test)}); "
                 f"build more micro-datasets (`lora-wise build --config {cfg.name}`)")
         train, test = table.subset(train_rows), table.subset(test_rows)
-        test_set = ModelSet.from_table(test, weights)  # the models only: no sizes
+        test_set, order = blind(test, i, weights)  # opaque ids, shuffled: nothing that names a size
         model = make()
-        model.fit(ModelSet.from_table(train, weights), train.dataset_sizes.copy())
-        predictions = check_predictions(model.predict(test_set), test_set, result.method)
+        model.fit(ModelSet.from_table(train, weights.only(train.model_ids) if weights is not None else None),
+                  train.dataset_sizes.copy())
+        shown = check_predictions(model.predict(test_set), test_set, result.method)
+        predictions = np.empty_like(shown)
+        predictions[order] = shown  # back to the table's order, whose real ids the results carry
         metrics = compute_metrics(predictions, test.dataset_sizes)
         result.draws.append(DrawResult(split=split, metrics=metrics, model_ids=test.model_ids,
                                        references=test.dataset_sizes, predictions=predictions))
     return result
+
+
+def blind(test: FeatureTable, draw: int, weights: "WeightsByModel | None" = None) -> tuple[ModelSet, np.ndarray]:
+    """The test models as a method is shown them, and the order they are shown in.
+
+    Returns a :class:`~lora_wise.methods.ModelSet` of fresh arrays holding the models in a
+    shuffled order under opaque ids (``model-0000``, ``model-0001``, ... in the order shown) and
+    ``order``, the table row of each model shown: test model ``j`` is ``test``'s row
+    ``order[j]``, so ``predictions[order] = shown`` puts a method's predictions back in the
+    table's order.  A row id (``<config>/<micro_dataset>/n<size>``) names its size and the table
+    is sorted by micro-dataset and size, so neither reaches the method.  ``weights(i)`` reads
+    the model shown at ``i`` without its safetensors metadata, through a reader that knows only
+    the opaque names (:meth:`lora_wise.data.WeightsByModel.only`).
+
+    The order is seeded by the split seed, the draw and the test models' ‖BA‖_F in the table's
+    order: the same dataset gives the same order on every run, while a method, which sees the
+    features only shuffled, cannot recompute the seed (a seed it could recompute would undo the
+    shuffle).
+    """
+    n = len(test)
+    digest = hashlib.sha256(f"lora-wise test order/{SEED}/{draw}/{n}/".encode())
+    digest.update(np.ascontiguousarray(test.norms["BA"], dtype=np.float32).tobytes())
+    order = np.random.default_rng(int.from_bytes(digest.digest()[:8], "little")).permutation(n)
+    names = [f"model-{j:0{max(4, len(str(n - 1)))}d}" for j in range(n)]
+    reader = weights.only([test.model_ids[k] for k in order], names, metadata=False) if weights is not None else None
+    spectra = {m: np.ascontiguousarray(v[order]) for m, v in test.sv.items()}
+    norms = {m: np.ascontiguousarray(v[order]) for m, v in test.norms.items()}
+    return ModelSet(names, test.layer_names, spectra, norms, reader), order
 
 
 def write_predictions(draw: DrawResult, path: str | Path) -> Path:

@@ -1,6 +1,7 @@
 """The method interface, the protocol runner on any method, and lora_wise.evaluate / lora-wise evaluate.
 
-A method sees model sets: ids, norms, spectra and weights on demand, never the test sizes.  The
+A method sees model sets: ids, norms, spectra and weights on demand, never the test sizes (nor
+the test models' real ids or order: tests/test_blind_test_set.py).  The
 built-in baselines go through the same interface and predict exactly as before; a user's method
 is loaded from a file or a module, run over the paper's draws, and its results record holds what
 an independent computation gives.
@@ -88,7 +89,10 @@ def test_a_method_sees_model_sets_and_the_test_set_has_no_labels(synthetic_bench
     truth = dict(zip(table.model_ids, table.dataset_sizes.tolist()))
     assert isinstance(train, ModelSet) and isinstance(test, ModelSet)
     assert sizes.tolist() == [truth[m] for m in train.model_ids]  # the labels, in the order of the ids
-    assert {m.split("/")[1] for m in test.model_ids} == {f"concept-{i:02d}" for i in split.test}
+    assert test.model_ids == [f"model-{j:04d}" for j in range(len(test))]  # opaque: a real id names its size
+    # the test models are those of the test micro-datasets, shuffled (tests/test_blind_test_set.py)
+    shown, expected = test.norms("B"), table.norms["B"][table.rows_of(split.test)]
+    assert sorted(row.tobytes() for row in shown) == sorted(row.tobytes() for row in expected)
     assert not any(hasattr(test, a) for a in ("sizes", "dataset_sizes", "labels", "references"))
     assert len(test) == 14 * 6 and test.norms().shape == (len(test), 8) and test.spectra("A").shape == (len(test), 8, 8)
     # the features are those of the weights: ||BA||_F and the singular values of A, computed directly
