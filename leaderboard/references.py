@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_wise.configs import UnknownConfigError, canonical_name
+from lora_wise.errors import LoRAWiSEError
+from lora_wise.hub import is_repo_id
 from lora_wise.schema import SPLITS
 
 from .submission import EXAMPLES, SubmissionError, counted
@@ -79,17 +81,13 @@ def resolve_split(split: str | None) -> str:
 
 
 def available_configs(dataset: str | os.PathLike) -> list[str]:
-    """Configs the dataset holds: shards under a local folder, or the Hub repo's configs."""
-    from lora_wise.layout import built_configs
+    """Configs the dataset holds: shards under a local folder, or the Hub repo's configs; none when it
+    cannot be read (offline, private, missing).  :func:`lora_wise.data.dataset_configs` says why."""
+    from lora_wise.data import dataset_configs
 
-    where = str(dataset)
-    if Path(where).is_dir():
-        return built_configs(where)
     try:
-        from datasets import get_dataset_config_names
-
-        return sorted(get_dataset_config_names(where))
-    except Exception:  # noqa: BLE001 - offline, private or missing: no configs to offer
+        return dataset_configs(dataset)
+    except LoRAWiSEError:
         return []
 
 
@@ -99,7 +97,7 @@ def load_references(dataset: str | os.PathLike | None, config: str, split: str =
 
     where = str(dataset) if dataset else default_dataset()
     config, split = resolve_config(config), resolve_split(split)
-    if not Path(where).exists() and ("/" not in where or where.startswith((".", "/"))):
+    if not Path(where).exists() and not is_repo_id(where):
         raise SubmissionError(
             f"no LoRA-WiSE dataset at {where!r} to score against: build one (`lora-wise build --config "
             f"{config} --out {where}`), or point --dataset (or ${DATASET_ENV}) at a folder or Hub repo id")
