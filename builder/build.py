@@ -44,7 +44,7 @@ from .micro_datasets import (FolderSource, HFImageSource, ImageSource, Synthetic
 from .distributed import shard_groups
 from .plan import PlannedModel, groups_of, pending, plan_config
 from .train import torch_threads, train_units
-from .write import ConfigStore, prepare_out, render, snapshot_rows
+from .write import ConfigStore, prepare_out, render, snapshot_rows, writing_into
 
 DEFAULT_OUT = "lora-wise"
 
@@ -330,7 +330,8 @@ def _build_config(plan: _ConfigPlan, options: BuildOptions, trainers: _Trainers,
     else:
         summary.models_skipped += len(plan.planned)
     store.seal(options.max_shard_bytes, planned=keys)
-    render(options.out)  # after each config, so a multi-config build killed later has a valid card
+    with writing_into(options.out):
+        render(options.out)  # after each config, so a multi-config build killed later has a valid card
     summary.models_built += built
     summary.per_config[cfg.name] = {"built": built, "planned": len(plan.planned), "group_size": group_size,
                                     "complete": set(keys) <= set(store.manifest()["units"])}

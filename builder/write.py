@@ -50,7 +50,6 @@ failed write leaves nothing that looks finished; rerunning the build after the f
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -65,6 +64,7 @@ from lora_wise.layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_w
                               is_shard_name, render_card, rows_to_table, shard_name, shard_paths, write_table)
 from lora_wise.schema import SPLITS
 
+from .backbones import _file_lock
 from .claims import UnitClaims
 from .plan import PlannedModel
 from .train import Snapshot
@@ -178,7 +178,7 @@ class ConfigStore:
 
     def lock(self):
         """Exclusive lock on this config's state (several builders may share an output folder)."""
-        return _exclusive(self.dir / ".lock")
+        return _file_lock(self.dir / ".lock")
 
     def open(self) -> "ConfigStore":
         """Create or check the manifest, then roll any interrupted seal forward."""
@@ -420,20 +420,8 @@ def render(root: str | os.PathLike, repo: str | None = None) -> Path | None:
     if not built_configs(root):
         return None
     _crash_hook("card")
-    with writing_into(root), _exclusive(Path(root) / BUILD_DIR / ".card.lock"):  # the last writer saw the last seal
+    with _file_lock(Path(root) / BUILD_DIR / ".card.lock"):  # the last of concurrent builds writes the last state
         return render_card(root, repo=repo)
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path):
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _crash_counts: dict[str, int] = {}
