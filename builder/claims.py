@@ -123,8 +123,8 @@ class GroupQueue:
         self.store, self.claims, self.poll_s = store, claims, poll_s
         self.done = done if done is not None else set()
         self.config = store.config if store is not None else (groups[0][0].unit.config if groups else "models")
-        self.waiting = [list(g) for g in groups if any(m.key not in done for m in g)]
-        self.todo = {m.key for g in self.waiting for m in g if m.key not in done}
+        self.waiting = [list(g) for g in groups if any(m.key not in self.done for m in g)]
+        self.todo = {m.key for g in self.waiting for m in g if m.key not in self.done}
         self.taken: list[list[PlannedModel]] = []
 
     @property

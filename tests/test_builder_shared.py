@@ -319,3 +319,14 @@ def test_a_build_with_another_recipe_that_took_the_folder_over_stops_the_first(t
     assert first.staged_units() == []
     second.commit_unit("m0000-n00001", _rows(test_cfg, "m0000-n00001"))
     assert second.staged_units() == ["m0000-n00001"]
+
+
+def test_a_queue_without_a_folder_hands_out_every_group_once_in_order():
+    """What bench/build.py and other callers of train_in_processes with plain models get."""
+    from lora_wise.builder.claims import GroupQueue
+
+    groups = [[_model(0, 1), _model(0, 2)], [_model(0, 4)], [_model(1, 1)]]
+    queue = GroupQueue(groups, done={"m0001-n00001"})
+    assert queue.total == 3 and queue.config == TEST_CONFIG
+    assert list(queue.groups()) == groups[:2]
+    assert queue.exhausted and queue.taken == []
