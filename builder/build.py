@@ -10,7 +10,8 @@ A build runs in two phases so that bad input costs nothing:
 2. **train**: cut each config's plan into groups of ``batch_models`` models
    (:func:`lora_wise.builder.plan.groups_of`), keep this process's share (``--shard i/N``) and
    the groups with work left, load each backbone once (the miniature one is
-   pre-trained and cached on first use), hand the groups to the trainer -- the
+   pre-trained and cached on first use), hand the groups, each claimed just before it
+   trains (:mod:`lora_wise.builder.claims`: builds sharing a folder split its work), to the trainer -- the
    batched one (:func:`lora_wise.builder.batched.train_units_batched`) by default, the
    one-model PEFT loop (:func:`lora_wise.builder.train.train_units`) with ``batch_models=1``,
    or Ray tasks (:func:`lora_wise.builder.distributed.train_on_ray`) -- commit each finished
@@ -38,12 +39,13 @@ from lora_wise.errors import OptionError
 from lora_wise.layout import DEFAULT_MAX_SHARD_BYTES
 
 from .backbones import DEFAULT_MINI_SPEC, MiniBackboneSpec, backbone_info, resolve_backbone
+from .claims import GroupQueue
 from .micro_datasets import (FolderSource, HFImageSource, ImageSource, SyntheticSource, check_images,
                              check_micro_datasets, source_for)
 from .distributed import shard_groups
 from .plan import PlannedModel, groups_of, pending, plan_config
 from .train import torch_threads, train_units
-from .write import ConfigStore, render, snapshot_rows
+from .write import ConfigStore, prepare_out, render, snapshot_rows, writing_into
 
 DEFAULT_OUT = "lora-wise"
 
@@ -98,6 +100,8 @@ class BuildSummary:
     configs: list[str]
     models_built: int = 0
     models_skipped: int = 0
+    #: Models of this process's share that another build into the same folder trained meanwhile.
+    models_by_others: int = 0
     snapshots: int = 0
     wall_seconds: float = 0.0
     per_config: dict = field(default_factory=dict)
@@ -108,7 +112,8 @@ class BuildSummary:
 
     def format(self) -> str:
         skipped = f", {self.models_skipped} already done" if self.models_skipped else ""
-        return (f"built {self.models_built} models ({self.snapshots} snapshots{skipped}) of "
+        others = f", {self.models_by_others} built meanwhile by another build" if self.models_by_others else ""
+        return (f"built {self.models_built} models ({self.snapshots} snapshots{skipped}{others}) of "
                 f"{', '.join(self.configs)} in {self.wall_seconds:.1f} s: {self.models_per_hour:.0f} models/hour")
 
     @property
@@ -171,6 +176,7 @@ def _plan(cfg: BenchmarkConfig, options: BuildOptions, device: str) -> _ConfigPl
     micros = source.micro_datasets(cfg, options.micro_datasets)
     check_micro_datasets(micros, cfg.dataset_sizes, source)
     planned = plan_config(cfg, micros)
+    prepare_out(options.out)  # before the backbone, which may take minutes
     backbone_name = options.backbone or cfg.backbone
     backbone = resolve_backbone(backbone_name, options.mini_spec, progress=options.progress) \
         if backbone_name != MINIATURE else MINIATURE
@@ -286,7 +292,12 @@ def build(configs: Sequence[str] | None = None, options: BuildOptions | None = N
 
 
 def _build_config(plan: _ConfigPlan, options: BuildOptions, trainers: _Trainers, summary: BuildSummary) -> None:
-    """Train this process's share of one config's groups, commit each model, seal, render the card."""
+    """Train this process's share of one config's groups, commit each model, seal, render the card.
+
+    The groups go through a :class:`~lora_wise.builder.claims.GroupQueue`: each is claimed before it
+    trains, those another build into the folder holds are left to it (and waited for), so builds
+    sharing the folder split the work.
+    """
     cfg, store = plan.cfg, plan.store
     keys = [m.key for m in plan.planned]
     built = 0
@@ -296,7 +307,7 @@ def _build_config(plan: _ConfigPlan, options: BuildOptions, trainers: _Trainers,
         group_size = _group_size(options, plan, source, trainers)
         mine = shard_groups(groups_of(plan.planned, group_size), options.shard)
         summary.models_skipped += sum(m.key in plan.done for group in mine for m in group)
-        work = [m for group in mine if any(m.key not in plan.done for m in group) for m in group]
+        queue = GroupQueue(mine, store, store.claims, plan.done)
         staged_bytes = store.staged_bytes()
 
         def on_done(model: PlannedModel, snapshots) -> None:
@@ -305,48 +316,52 @@ def _build_config(plan: _ConfigPlan, options: BuildOptions, trainers: _Trainers,
             nonlocal built, staged_bytes
             if model.key in plan.done:
                 return
-            path = store.commit_unit(model.key, snapshot_rows(cfg, model, snapshots, plan.recipe_json))
+            size = store.commit_unit(model.key, snapshot_rows(cfg, model, snapshots, plan.recipe_json))
             plan.done.add(model.key)
             built += 1
             summary.snapshots += len(snapshots)
-            staged_bytes += path.stat().st_size
+            staged_bytes += size
             if staged_bytes >= options.max_shard_bytes:
                 store.seal(options.max_shard_bytes, planned=keys)
                 staged_bytes = store.staged_bytes()
 
-        if work:
-            _train(work, plan, source, group_size, on_done, options, trainers)
+        if queue.total:
+            _train(queue, plan, source, group_size, on_done, options, trainers)
+        summary.models_by_others += queue.total - built
     else:
         summary.models_skipped += len(plan.planned)
     store.seal(options.max_shard_bytes, planned=keys)
-    render(options.out)  # after each config, so a multi-config build killed later has a valid card
+    with writing_into(options.out):
+        render(options.out)  # after each config, so a multi-config build killed later has a valid card
     summary.models_built += built
     summary.per_config[cfg.name] = {"built": built, "planned": len(plan.planned), "group_size": group_size,
                                     "complete": set(keys) <= set(store.manifest()["units"])}
 
 
-def _train(work: list[PlannedModel], plan: _ConfigPlan, source: str, group_size: int, on_done: Callable,
+def _train(queue: GroupQueue, plan: _ConfigPlan, source: str, group_size: int, on_done: Callable,
            options: BuildOptions, trainers: _Trainers) -> None:
-    """Run the groups of ``work``: on Ray, in worker processes, or in this process."""
+    """Run the groups of ``queue``: on Ray, in worker processes, or in this process."""
     import functools
 
     from .distributed import BackboneRef
 
     device = trainers.device
     threads = _training_threads(options, device, source)
-    workers = min(_local_workers(options, device, source, threads), len(groups_of(work, group_size)))
+    workers = min(_local_workers(options, device, source, threads), queue.groups_left)
     ref = BackboneRef(source, plan.cfg.recipe.mixed_precision)
     if options.ray is not None:
         from .distributed import train_on_ray
 
-        train_on_ray(work, ref, plan.source, on_done, progress=options.progress, group_size=group_size,
+        train_on_ray(queue, ref, plan.source, on_done, progress=options.progress, group_size=group_size,
                      threads=threads, address=options.ray)
     elif workers > 1 and options.trainer is None:
         from .distributed import train_in_processes
 
-        train_in_processes(work, ref, plan.source, on_done, trainers.pool(workers), progress=options.progress,
+        train_in_processes(queue, ref, plan.source, on_done, trainers.pool(workers), progress=options.progress,
                            group_size=group_size, threads=threads)
     else:
+        from .distributed import train_here
+
         trainer = options.trainer
         if trainer is None:
             from .batched import train_units_batched
@@ -354,4 +369,5 @@ def _train(work: list[PlannedModel], plan: _ConfigPlan, source: str, group_size:
             trainer = functools.partial(train_units_batched, group_size=group_size) if group_size > 1 \
                 else train_units
         with torch_threads(threads):
-            trainer(work, trainers.backbone(source, plan), plan.source, on_done, progress=options.progress)
+            train_here(queue, functools.partial(trainer, backbone=trainers.backbone(source, plan), source=plan.source),
+                       on_done, progress=options.progress)

@@ -11,6 +11,11 @@ spread, and :class:`lora_wise.builder.write.ConfigStore` seals the same shards f
 GPU the default group size comes from a memory probe; pass ``--batch-models`` to every
 process of a spread build so that they agree.)
 
+Whichever way, the executors pull the groups from a :class:`lora_wise.builder.claims.GroupQueue`
+one at a time, as a worker becomes free: each is claimed just before it trains, so other
+builds into the same folder (started at the same time, or a rerun while one still runs)
+take the groups this one has not, instead of training them twice.
+
 Three ways to spread the groups:
 
 * **worker processes** on one machine (:func:`worker_pool`, :func:`train_in_processes`,
@@ -37,6 +42,7 @@ Ray (the ``distributed`` extra) and torch are imported only inside the functions
 from __future__ import annotations
 
 import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -148,36 +154,71 @@ def train_group_task(models: Sequence, backbone: BackboneRef, source, group_size
     return results
 
 
-def _hand_over(finished: Iterable[tuple[int, list[tuple[str, list]]]], groups: Sequence[list], on_done: Callable,
+def _hand_over(finished: Iterable[tuple[int, list, list[tuple[str, list]]] | None], queue, on_done: Callable,
                progress: bool, where: str, ticks, cancel: Callable[[], None]) -> None:
     """``on_done(model, snapshots)`` for each model of each finished task, as the tasks finish.
 
-    ``finished`` yields ``(task, result)``, or None now and then while nothing finishes;
+    ``finished`` yields ``(task, group, result)``, or None now and then while nothing finishes;
     ``ticks`` (a queue, or None) carries the step ticks that move the bar (in models,
-    fractionally) while groups train.  On any error, or an interrupt, ``cancel()`` stops
-    the tasks still pending before the error propagates.
+    fractionally) while groups train; the bar also counts the models other builds into
+    the folder finish (``queue.settled``).  On any error, or an interrupt, ``cancel()``
+    stops the tasks still pending before the error propagates.
     """
     from tqdm.auto import tqdm
 
-    by_key = {m.key: m for group in groups for m in group}
-    shown = [0.0] * len(groups)
-    desc = f"{groups[0][0].unit.config if groups else 'models'} ({where})"
+    shown: dict[int, float] = {}  # task -> models of its group advanced so far
+    desc = f"{queue.config} ({where})"
     try:
-        with tqdm(total=len(by_key), desc=desc, unit="model", disable=not progress, dynamic_ncols=True,
-                  bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]") as bar:
+        with tqdm(total=queue.total, desc=desc, unit="model", disable=not progress, dynamic_ncols=True,
+                  bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]{postfix}") as bar:
             for item in finished:
                 for task, share in _drain(ticks) if ticks is not None else []:
-                    shown[task] = min(shown[task] + share, len(groups[task]))
+                    shown[task] = shown.get(task, 0.0) + share
                 if item is not None:
-                    task, result = item
+                    task, group, result = item
+                    by_key = {m.key: m for m in group}
                     for key, snapshots in result:
                         on_done(by_key[key], snapshots)
-                    shown[task] = len(groups[task])
-                bar.n = min(float(bar.total), round(sum(shown), 6))
-                bar.refresh()
+                    shown.pop(task, None)
+                _show(bar, queue, sum(shown.values()))
     except BaseException:
         cancel()
         raise
+
+
+def _show(bar, queue, training: float) -> None:
+    """Move ``bar`` to the models settled plus ``training`` (those partly trained); say when others hold the rest."""
+    bar.n = min(float(bar.total), round(queue.settled + training, 6))
+    held = queue.groups_left if not queue.taken and queue.groups_left else 0
+    bar.set_postfix_str(f"waiting for {held} group(s) another build is training" if held else "", refresh=False)
+    bar.refresh()
+
+
+def train_here(queue, trainer: Callable, on_done: Callable, progress: bool = True) -> None:
+    """Train the queue's groups in this process, one at a time: ``trainer(group, on_done=..., progress=False)``.
+
+    A trainer that takes ``on_step`` (the batched one) moves the bar at every step.
+    """
+    import inspect
+
+    from tqdm.auto import tqdm
+
+    steps = "on_step" in inspect.signature(trainer).parameters
+    with tqdm(total=queue.total, desc=queue.config, unit="model", disable=not progress, dynamic_ncols=True,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]{postfix}") as bar:
+        training = 0.0
+
+        def tick(share: float) -> None:
+            nonlocal training
+            training += share
+            _show(bar, queue, training)
+
+        for group in queue.groups():
+            training = 0.0
+            _show(bar, queue, training)
+            trainer(group, on_done=on_done, progress=False, **({"on_step": tick} if steps else {}))
+            training = 0.0
+        _show(bar, queue, 0.0)
 
 
 def _drain(queue) -> list:
@@ -196,13 +237,33 @@ def worker_pool(workers: int, preload: BackboneRef | None = None):
     """A pool of ``workers`` training processes (``spawn``-ed: fresh interpreters, safe with torch).
 
     Workers load a backbone on first use and keep it for later groups; ``preload`` loads
-    one as each worker starts.  Close it with ``shutdown()`` (or use it as a context manager).
+    one as each worker starts.  Close it with ``shutdown()`` (or use it as a context manager:
+    leaving the block on an error or an interrupt stops the workers at once, see
+    :class:`_WorkerPool`).
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_preload if preload else None, initargs=(preload,) if preload else ())
+    return _WorkerPool(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                       initializer=_start_worker, initargs=(preload,))
+
+
+def _start_worker(preload: BackboneRef | None) -> None:
+    """Set a worker up to be stopped cleanly by the driver (:meth:`_WorkerPool.stop`).
+
+    It ignores Ctrl-C, which the driver gets too: a worker dying of it could leave the pool's
+    task queue locked, and the other workers waiting on it forever.  Its progress bars (off)
+    lock with a thread lock, not tqdm's default inter-process semaphore, which a stopped
+    worker would leave behind for the resource tracker to complain about.
+    """
+    import signal
+    import threading
+
+    from tqdm import tqdm
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
+    if preload is not None:
+        _preload(preload)
 
 
 def _preload(backbone: BackboneRef) -> None:
@@ -211,71 +272,139 @@ def _preload(backbone: BackboneRef) -> None:
     _worker_backbone(backbone, "cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train_in_processes(models: Sequence, backbone: BackboneRef, source, on_done: Callable, pool,
-                       progress: bool = True, group_size: int = 1, threads: int | None = None) -> None:
-    """Train ``models`` on a :func:`worker_pool`, one group per task; ``on_done`` in this process.
+class _WorkerPool(ProcessPoolExecutor):
+    """A process pool that, left on an error or an interrupt, stops its workers instead of waiting for them."""
 
-    Each task runs :func:`train_group_task` on ``threads`` threads; groups finish in any
-    order.  On a CPU, processes use cores far better than threads on the miniature's small
-    operations, and a one-thread process computes the same bits whatever its group's
-    neighbours, so the dataset does not depend on how many workers built it.
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return super().__exit__(exc_type, exc, tb)
+        self.stop()
+        return False
+
+    def stop(self) -> None:
+        """Cancel the tasks not started and end the workers now (their groups are lost, never half-written:
+        nothing a worker trains is written before the driver commits it)."""
+        processes = list((getattr(self, "_processes", None) or {}).values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.shutdown(wait=True)  # the pool's thread sees its workers gone and frees its queues
+
+
+def train_in_processes(queue, backbone: BackboneRef, source, on_done: Callable, pool, progress: bool = True,
+                       group_size: int = 1, threads: int | None = None) -> None:
+    """Train the groups of ``queue`` on a :func:`worker_pool`, one group per task; ``on_done`` in this process.
+
+    ``queue`` is a :class:`~lora_wise.builder.claims.GroupQueue`, or models (cut into groups of ``group_size``).
+
+    Each task runs :func:`train_group_task` on ``threads`` threads; a group is taken from the
+    queue (claimed) when a worker is free, and groups finish in any order.  On a CPU,
+    processes use cores far better than threads on the miniature's small operations, and a
+    one-thread process computes the same bits whatever its group's neighbours, so the
+    dataset does not depend on how many workers built it.
     """
     import contextlib
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    from .plan import groups_of
-
-    groups = groups_of(models, group_size)
+    queue = _as_queue(queue, group_size)
     with multiprocessing.get_context("spawn").Manager() if progress else contextlib.nullcontext() as manager:
         ticks = manager.Queue() if progress else None
-        futures = {pool.submit(train_group_task, group, backbone, source, group_size, threads, ticks, task): task
-                   for task, group in enumerate(groups)}
+        futures: dict = {}
 
-        def finished():
-            waiting = set(futures)
-            while waiting:
-                done, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
-                yield from ((futures[future], future.result()) for future in done)
-                yield None  # a heartbeat: the bar moves on the step ticks meanwhile
+        def submit(task: int, group: list):
+            return pool.submit(train_group_task, group, backbone, source, group_size, threads, ticks, task)
 
-        _hand_over(finished(), groups, on_done, progress, f"{pool._max_workers} processes", ticks,
-                   lambda: [future.cancel() for future in futures])
+        def finished_now(wanted: set) -> list:
+            done, _ = wait(wanted, timeout=1.0, return_when=FIRST_COMPLETED)
+            return [(future, future.result()) for future in done]
+
+        _hand_over(_pulled(queue, futures, pool._max_workers, submit, finished_now), queue, on_done, progress,
+                   f"{pool._max_workers} processes", ticks, lambda: [future.cancel() for future in futures])
 
 
-def train_on_ray(models: Sequence, backbone: BackboneRef, source, on_done: Callable, progress: bool = True,
-                 group_size: int = 1, threads: int | None = None, address: str | None = None) -> None:
-    """Train ``models`` on a Ray cluster, one task per group; ``on_done(model, snapshots)`` in the driver.
-
-    ``models`` are whole groups back to back (as the build passes them); tasks finish in
-    any order and each model is handed to ``on_done`` as its task returns.
-    """
+def _as_queue(work, group_size: int):
+    """``work`` as a :class:`~lora_wise.builder.claims.GroupQueue`: a queue stays one, models are cut into groups."""
+    from .claims import GroupQueue
     from .plan import groups_of
 
+    return work if isinstance(work, GroupQueue) else GroupQueue(groups_of(list(work), group_size))
+
+
+def _pulled(queue, running_tasks: dict, window: int, submit: Callable, finished_now: Callable):
+    """Tasks fed from ``queue`` (at most ``window`` running), yielded as ``(task, group, result)`` when they end.
+
+    ``submit(task, group)`` starts a task and returns its handle, ``finished_now(handles)``
+    waits a little and returns ``[(handle, result)]`` for those that ended.  A group is
+    released (its claims given up) once :func:`_hand_over` has committed its models.
+    Yields None as a heartbeat, and while the groups left are held by other builds.
+    """
+    counter = 0
+    try:
+        while True:
+            while len(running_tasks) < window:
+                group = queue.take()
+                if group is None:
+                    break
+                running_tasks[submit(counter, group)] = (counter, group)
+                counter += 1
+            if not running_tasks:
+                if queue.exhausted:
+                    return
+                queue.wait()
+                yield None
+                continue
+            for handle, result in finished_now(set(running_tasks)):
+                task, group = running_tasks.pop(handle)
+                try:
+                    yield task, group, result
+                finally:
+                    queue.release(group)
+            yield None  # a heartbeat: the bar moves on the step ticks meanwhile
+    finally:
+        queue.release_all()
+
+
+def train_on_ray(queue, backbone: BackboneRef, source, on_done: Callable, progress: bool = True,
+                 group_size: int = 1, threads: int | None = None, address: str | None = None) -> None:
+    """Train the groups of ``queue`` on a Ray cluster, one task per group; ``on_done(model, snapshots)`` in the driver.
+
+    ``queue`` is a :class:`~lora_wise.builder.claims.GroupQueue`, or models (cut into groups of ``group_size``).
+
+    As many groups run at once as the cluster has GPUs (or CPUs for ``threads`` each); a
+    group is taken from the queue (claimed) when one finishes, and tasks finish in any order.
+    """
+    queue = _as_queue(queue, group_size)
     ray = connect_ray(address)
-    if cluster_has_gpus():
+    resources = ray.cluster_resources()
+    if resources.get("GPU", 0) > 0:
         options = {"num_gpus": 1, "num_cpus": 1}
+        window = int(resources["GPU"])
     else:
         options = {"num_cpus": max(1, threads or 1)}
+        window = int(resources.get("CPU", 1)) // options["num_cpus"]
     remote = ray.remote(**options)(train_group_task)
     from ray.util.queue import Queue
 
     source_ref = ray.put(source)
-    groups = groups_of(models, group_size)
     ticks = Queue() if progress else None
-    pending = {remote.remote(group, backbone, source_ref, group_size, threads, ticks, task): task
-               for task, group in enumerate(groups)}
+    pending: dict = {}
 
-    def finished():
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                yield pending.pop(ref), ray.get(ref)
-            yield None  # a heartbeat: the bar moves on the step ticks meanwhile
+    def submit(task: int, group: list):
+        return remote.remote(group, backbone, source_ref, group_size, threads, ticks, task)
+
+    def finished_now(wanted: set) -> list:
+        ready, _ = ray.wait(list(wanted), num_returns=1, timeout=1.0)
+        return [(ref, ray.get(ref)) for ref in ready]
 
     try:
-        _hand_over(finished(), groups, on_done, progress, "on Ray", ticks,
-                   lambda: [ray.cancel(ref, force=True) for ref in pending])
+        _hand_over(_pulled(queue, pending, max(1, window), submit, finished_now), queue, on_done, progress,
+                   "on Ray", ticks, lambda: [ray.cancel(ref, force=True) for ref in pending])
     finally:
         if ticks is not None:
             ticks.shutdown()

@@ -6,8 +6,6 @@ in ``.lora-wise-build/<config>/``.  Every seal writes both views of a config fro
 (every snapshot), each shard named ``<split>-NNNNN-<digest>.parquet`` after its content.
 
 ``units/<unit>.parquet``
-
-``units/<unit>.parquet``
     one file per finished model, all its snapshots; written to a temporary name and
     renamed, so it either exists whole or not at all.  A unit is *done* once its file
     exists (or once it is sealed).
@@ -44,13 +42,19 @@ Pending shards carry their seal's number (``s000007-model-train-00003-<digest>.p
 so a roll-forward installs only the committed seal's files.  A folder sealed by an older
 version (manifest version 1: one view, every snapshot in ``data/<config>/``) is migrated
 when a build opens it: its sealed rows go back to staged units, which the next seal packs
-into both views.
+into both views.  Which process *trains* which unit is decided by claims
+(:mod:`lora_wise.builder.claims`, the ``claims`` file beside the manifest).
+
+A write the environment refuses -- disk full (ENOSPC, EDQUOT), a file-size limit (EFBIG),
+a read-only or unwritable folder, a file where a folder belongs -- is an
+:class:`~lora_wise.errors.OutputError` naming the folder and the fix.  Every file is written to a
+temporary name and renamed, and the temporary file is removed when the write fails, so a
+failed write leaves nothing that looks finished; rerunning the build after the fix resumes it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -61,12 +65,14 @@ import pyarrow.parquet as pq
 
 from lora_wise import jsonio
 from lora_wise.configs import BenchmarkConfig
-from lora_wise.errors import BuildStateError
+from lora_wise.errors import BuildStateError, OutputError, os_failure
 from lora_wise.layout import (DEFAULT_MAX_SHARD_BYTES, ROW_LABEL_BYTES, atomic_write_bytes, data_dir,
                               is_shard_name, render_card, rows_to_table, shard_digest, shard_name, shard_paths,
                               views, write_shard, write_table)
 from lora_wise.schema import SPLITS
 
+from .backbones import _file_lock
+from .claims import UnitClaims
 from .plan import PlannedModel, Unit
 from .train import Snapshot
 
@@ -75,6 +81,40 @@ BUILD_DIR = ".lora-wise-build"
 MANIFEST_VERSION = 2
 #: The tag of each view in pending shards' names: the default view (one row per model), every snapshot.
 VIEW_TAGS = ("model", "snapshots")
+#: What to do once a refused write's cause is fixed.
+RESUME = "then rerun the same `lora-wise build` command: the models finished so far are kept"
+
+
+@contextlib.contextmanager
+def writing_into(root: str | os.PathLike):
+    """Writes into the build folder ``root``: an OSError of the environment leaves as an :class:`OutputError`."""
+    try:
+        yield
+    except OSError as exc:
+        error = os_failure(exc, f"write the build into {root}", RESUME)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def prepare_out(root: str | os.PathLike) -> Path:
+    """The output folder, created if missing; a clear :class:`OutputError` when it cannot be (before any training)."""
+    root = Path(root)
+    in_the_way = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        raise OutputError(f"cannot build into {root}: {in_the_way} is a file, not a folder; build into another "
+                          f"--out folder (or remove or rename that file)")
+    try:
+        (root / BUILD_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error = os_failure(exc, f"create the output folder {root}", "then run the command again")
+        if error is None and isinstance(exc, FileNotFoundError):  # a parent that cannot hold folders (/proc)
+            error = OutputError(f"cannot create the output folder {root} ({exc.strerror}); build into another "
+                                f"--out folder")
+        if error is None:
+            raise
+        raise error from exc
+    return root
 
 
 def snapshot_rows(cfg: BenchmarkConfig, model: PlannedModel, snapshots: Sequence[Snapshot],
@@ -106,13 +146,29 @@ class ConfigStore:
         #: view (``<config>``, ``<config>_snapshots``) -> its folder of shards
         self.view_dirs = {view: data_dir(self.root, view) for view in views(config)}
         self.data_dir = self.view_dirs[config]
+        self.claims = UnitClaims(self.dir, cfg.dataset_sizes)
 
     # -------------------------------------------------------------- manifest
 
     def _read_manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
             return None
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+            if not isinstance(manifest, dict) or manifest.get("version") not in (1, MANIFEST_VERSION):
+                raise ValueError(f"not a version-1 or version-{MANIFEST_VERSION} manifest")
+            for key in ("fingerprint", "units", "shards", "next_index"):
+                manifest[key]  # noqa: B018 - present, or the file is not ours
+            if manifest["version"] == MANIFEST_VERSION and set(manifest["shards"]) != set(self.view_dirs):
+                raise KeyError(f"shards of views {sorted(manifest['shards'])}, not {sorted(self.view_dirs)}")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:  # json's errors are ValueErrors
+            raise BuildStateError(f"{self.manifest_path} is not a manifest lora-wise can read ({type(exc).__name__}: "
+                                  f"{exc}); it was changed by hand. Delete {self._folders()} and rebuild.") from exc
+        return manifest
+
+    def _folders(self) -> str:
+        """This config's folders in the output folder (both views and the bookkeeping), for messages."""
+        return f"{', '.join(map(str, self.view_dirs.values()))} and {self.dir}"
 
     def _write_manifest(self, manifest: dict) -> None:
         atomic_write_bytes(self.manifest_path, jsonio.dumps(manifest, indent=1, sort_keys=True).encode())
@@ -128,22 +184,29 @@ class ConfigStore:
                 "shards": {v: {s: [] for s in SPLITS} for v in self.view_dirs},
                 "next_index": {v: {s: 0 for s in SPLITS} for v in self.view_dirs}, "seal": seal}
 
-    @contextlib.contextmanager
+    def _check_fingerprint(self) -> None:
+        """Under the lock: the folder still holds this build's recipe (another build may have started afresh
+        with another one since this one opened it, while nothing was committed)."""
+        found = self.manifest()["fingerprint"]
+        if found != self.fingerprint:
+            raise BuildStateError(f"another build into {self.root} builds {self.config} with a different "
+                                  f"{self._differences(found)}; two recipes cannot share one folder. Build into "
+                                  f"another --out folder.")
+
+    def _differences(self, found: dict) -> str:
+        """What differs between a recorded fingerprint and this build's, for a message."""
+        diff = sorted(k for k in set(found) | set(self.fingerprint) if found.get(k) != self.fingerprint.get(k))
+        return f"{', '.join(diff)} ({ {k: found.get(k) for k in diff} })"
+
     def lock(self):
         """Exclusive lock on this config's state (several builders may share an output folder)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return _file_lock(self.dir / ".lock")
 
     def open(self) -> "ConfigStore":
         """Create or check the manifest (migrating an older one), then roll any interrupted seal forward."""
-        with self.lock():
+        with writing_into(self.root), self.lock():
             manifest = self._read_manifest()
-            if manifest is not None and manifest.get("version", 1) == 1:
+            if manifest is not None and manifest["version"] == 1:
                 manifest = self._migrate_v1(manifest)
             if manifest is None:
                 existing = [p.name for v in self.view_dirs for s in SPLITS for p in shard_paths(self.root, v, s)]
@@ -157,12 +220,10 @@ class ConfigStore:
                 manifest["fingerprint"] = self.fingerprint  # nothing was built under the old one: no mixing
                 self._write_manifest(manifest)
             elif manifest["fingerprint"] != self.fingerprint:
-                diff = sorted(k for k in set(manifest["fingerprint"]) | set(self.fingerprint)
-                              if manifest["fingerprint"].get(k) != self.fingerprint.get(k))
                 raise BuildStateError(
-                    f"{self.root} already holds {self.config} built with a different {', '.join(diff)} "
-                    f"({ {k: manifest['fingerprint'].get(k) for k in diff} }); resuming would mix models trained "
-                    f"differently. Build into another --out folder, or delete {self.data_dir} and {self.dir}.")
+                    f"{self.root} already holds {self.config} built with a different "
+                    f"{self._differences(manifest['fingerprint'])}; resuming would mix models trained "
+                    f"differently. Build into another --out folder, or delete {self._folders()}.")
             self._roll_forward()
         return self
 
@@ -217,22 +278,32 @@ class ConfigStore:
             return []
         return sorted(p.stem for p in self.units_dir.glob("*.parquet"))
 
-    def done_units(self) -> set[str]:
-        """Units committed: sealed into shards, or staged and waiting to be sealed."""
+    def done_units(self, locked: bool = False) -> set[str]:
+        """Units committed: sealed into shards, or staged and waiting to be sealed.
+
+        ``locked`` reads under the config's lock, so another process's seal (which moves units
+        from staged to sealed) is never seen halfway.
+        """
+        if locked:
+            with writing_into(self.root), self.lock():
+                return self.done_units()
         return set(self.manifest()["units"]) | set(self.staged_units())
 
-    def commit_unit(self, key: str, rows: list[dict]) -> Path:
-        """Stage one finished model atomically; from now on the unit counts as done.
+    def commit_unit(self, key: str, rows: list[dict]) -> int:
+        """Stage one finished model atomically; from now on the unit counts as done.  Returns its file's size.
 
         Under the lock, so another process's roll-forward never takes this write's
-        temporary file for a leftover of a killed build.
+        temporary file for a leftover of a killed build (and the size is read before
+        another process's seal may absorb the file).
         """
         path = self._unit_path(key)
         table = rows_to_table(rows)
-        with self.lock():
+        with writing_into(self.root), self.lock():
+            self._check_fingerprint()
             write_table(table, path)
+            size = path.stat().st_size
         _crash_hook("unit-committed")
-        return path
+        return size
 
     def staged_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.units_dir.glob("*.parquet")) if self.units_dir.is_dir() else 0
@@ -278,7 +349,7 @@ class ConfigStore:
         import pyarrow.compute as pc
 
         planned = None if planned is None else sorted(planned)
-        with self.lock():
+        with writing_into(self.root), self.lock():
             self._roll_forward()
             manifest = self.manifest()
             staged = self.sealable_units(planned)
@@ -372,8 +443,7 @@ class ConfigStore:
                     _crash_hook("rolling-forward")
                 elif not dst.exists():
                     raise BuildStateError(f"{dst} is listed in {self.manifest_path} but missing; the build folder "
-                                          f"was changed by hand. Delete {', '.join(map(str, self.view_dirs.values()))}"
-                                          f" and {self.dir} and rebuild.")
+                                          f"was changed by hand. Delete {self._folders()} and rebuild.")
             if not listed and not any(folder.iterdir()):
                 folder.rmdir()
         if self.pending_dir.is_dir():
@@ -433,28 +503,31 @@ def render(root: str | os.PathLike, repo: str | None = None) -> Path | None:
     """
     from lora_wise.layout import built_configs
 
-    folder = Path(root) / BUILD_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".card.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            if not built_configs(root):
-                return None
-            _crash_hook("card")
-            return render_card(root, repo=repo)
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with _file_lock(Path(root) / BUILD_DIR / ".card.lock"):
+        if not built_configs(root):
+            return None
+        _crash_hook("card")
+        return render_card(root, repo=repo)
 
 
 _crash_counts: dict[str, int] = {}
 
 
 def _crash_hook(point: str) -> None:
-    """Fault injection for the resumability tests: ``LORA_WISE_TEST_CRASH_AT=<point>[:<n>]``.
+    """Fault injection for the tests, at named points: ``unit-committed``, ``sealing``, ``after-manifest``,
+    ``rolling-forward``, ``card``.
 
-    SIGKILLs this process the ``n``-th time (default the first) it passes ``point``:
-    ``unit-committed``, ``sealing``, ``after-manifest``, ``rolling-forward``, ``card``.
+    ``LORA_WISE_TEST_CRASH_AT=<point>[:<n>]`` SIGKILLs this process the ``n``-th time (default the
+    first) it passes ``point``; ``LORA_WISE_TEST_PAUSE_AT=<point>:<seconds>`` sleeps there every
+    time, so that a build lasts while a test acts on it (a second build, a Ctrl-C).
     """
+    pause = os.environ.get("LORA_WISE_TEST_PAUSE_AT")
+    if pause:
+        name, _, seconds = pause.partition(":")
+        if name == point:
+            import time
+
+            time.sleep(float(seconds or 1))
     wanted = os.environ.get("LORA_WISE_TEST_CRASH_AT")
     if not wanted:
         return

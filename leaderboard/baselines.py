@@ -45,13 +45,13 @@ def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] |
     report): they are submitted instead of fitting again.  Returns the entries added (a
     reference entry with the same standard-split predictions already ranked is not added again).
     """
-    from lora_wise.data import feature_table
+    from lora_wise.data import dataset_configs, feature_table
     from lora_wise.evaluation import to_record
     from lora_wise.protocol import run_protocol
 
     where = str(dataset) if dataset else default_dataset()
     store = store if store is not None else open_store()
-    names = [resolve_config(c) for c in configs] if configs else available_configs(where)
+    names = [resolve_config(c) for c in configs] if configs else dataset_configs(where)
     if not names:
         raise SubmissionError(f"the dataset {where!r} holds no configs to run the baselines on; build one "
                               f"with `lora-wise build --config mini_low_r8 --out {where}`")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from lora_wise.configs import UnknownConfigError, canonical_name
+from lora_wise.errors import DatasetLayoutError, LoRAWiSEError, NotFoundError
 from lora_wise.schema import SPLITS
 
 from .submission import EXAMPLES, SubmissionError, counted
@@ -81,28 +81,28 @@ def resolve_split(split: str | None) -> str:
 
 
 def available_configs(dataset: str | os.PathLike) -> list[str]:
-    """Configs the dataset holds: shards under a local folder, or the Hub repo's configs."""
-    from lora_wise.layout import built_configs
+    """Configs the dataset holds: shards under a local folder, or the Hub repo's configs; none when it
+    cannot be read (offline, private, missing).  :func:`lora_wise.data.dataset_configs` says why."""
+    from lora_wise.data import dataset_configs
 
-    where = str(dataset)
-    if Path(where).is_dir():
-        return built_configs(where)
     try:
-        from datasets import get_dataset_config_names
-
-        return sorted(get_dataset_config_names(where))
-    except Exception:  # noqa: BLE001 - offline, private or missing: no configs to offer
+        return dataset_configs(dataset)
+    except LoRAWiSEError:
         return []
 
 
 def _labels(where: str, config: str, split: str):
     """``lora_wise.data.labels`` of one split at the checkpoint step, its failures as ``SubmissionError``."""
-    from lora_wise.data import labels
+    from lora_wise.data import labels, locate
 
-    if not Path(where).exists() and ("/" not in where or where.startswith((".", "/"))):
+    try:
+        locate(where)  # decided before any Hub call
+    except NotFoundError:
         raise SubmissionError(
             f"no LoRA-WiSE dataset at {where!r} to score against: build one (`lora-wise build --config "
-            f"{config} --out {where}`), or point --dataset (or ${DATASET_ENV}) at a folder or Hub repo id")
+            f"{config} --out {where}`), or point --dataset (or ${DATASET_ENV}) at a folder or Hub repo id") from None
+    except DatasetLayoutError as exc:  # a file
+        raise SubmissionError(f"cannot read the references of {config}/{split} from {where!r}: {exc}") from None
     try:
         found = labels(where, config, split=split)
     except (UnknownConfigError, ValueError) as exc:

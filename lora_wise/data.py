@@ -32,7 +32,7 @@ from .configs import BenchmarkConfig, canonical_name, get_config
 from .errors import DatasetLayoutError, NotFoundError, UnknownConfigError
 from .features import FeatureTable
 from .hub import is_repo_id, talking_to_hub
-from .layout import file_sha256, read_card_data_files, snapshots_config, split_view
+from .layout import built_configs, file_sha256, read_card_data_files, snapshots_config, split_view
 from .lora import LoRAWeights, read_lora
 from .schema import COLUMNS, LABEL_COLUMNS, SPLITS
 
@@ -54,6 +54,8 @@ def _matches(root: Path, pattern: str, config: str) -> list[Path]:
 def local_data_files(root: str | os.PathLike) -> dict[str, dict[str, list[str]]]:
     """config -> split -> absolute Parquet paths, from a local folder's card ``configs:`` YAML."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise _a_file(root)
     if not (root / "README.md").is_file():
         raise DatasetLayoutError(f"{root}: no README.md with a `configs:` section; this folder is not a "
                                  f"LoRA-WiSE dataset (build one with `lora-wise build --out {root}`)")
@@ -89,6 +91,49 @@ def _local_files(where: str, name: str, split: str | None) -> dict[str, list[str
     return files
 
 
+def locate(path: str | os.PathLike) -> str:
+    """What a dataset argument names, decided here before any Hub call: an existing folder, or a Hub repo id.
+
+    Returns ``path`` as a string; a :class:`NotFoundError` when it is neither a folder here nor
+    a well-formed Hub dataset repo id (``<user or org>/<name>``), a :class:`DatasetLayoutError`
+    when it is a file.
+    """
+    where = str(path)
+    if os.path.exists(where):
+        if not os.path.isdir(where):
+            raise _a_file(where)
+        return where
+    if not is_repo_id(where):
+        raise NotFoundError(f"{where}: no such folder, and not a Hub dataset repo id (<user or org>/<name>); give a "
+                            f"LoRA-WiSE folder (`lora-wise build --out {where}` makes one) or a Hub repo id")
+    return where
+
+
+def _a_file(where) -> DatasetLayoutError:
+    return DatasetLayoutError(f"{where} is a file, not a LoRA-WiSE dataset folder; give the folder that holds "
+                              f"README.md and data/ (or a Hub dataset repo id, <user or org>/<name>)")
+
+
+def _not_on_hub(where: str) -> NotFoundError:
+    return NotFoundError(f"{where}: no such folder, and no dataset of that id on the Hub (a private one needs "
+                         f"`hf auth login`); give a LoRA-WiSE folder or Hub dataset repo id")
+
+
+def dataset_configs(path: str | os.PathLike) -> list[str]:
+    """The configs a dataset holds (each once, whichever of its views exist): a folder's built
+    configs, or those a Hub repo's card lists."""
+    where = locate(path)
+    if os.path.isdir(where):
+        return built_configs(where)
+    import datasets
+
+    try:
+        with talking_to_hub(f"list the configs of {where} (not a folder here either)"):
+            return sorted({split_view(view)[0] for view in datasets.get_dataset_config_names(where)})
+    except datasets.exceptions.DatasetNotFoundError as exc:
+        raise _not_on_hub(where) from exc
+
+
 def load_benchmark(path: str | os.PathLike, config: str, split: str | None = None,
                    columns: list[str] | None = None, streaming: bool = False):
     """``datasets.load_dataset(path, config)`` with LoRA-WiSE's names and errors.
@@ -111,23 +156,19 @@ def load_benchmark(path: str | os.PathLike, config: str, split: str | None = Non
     name = view_name(config)
     if split is not None and split not in SPLITS:
         raise DatasetLayoutError(f"unknown split {split!r}: LoRA-WiSE configs have {', '.join(SPLITS)}")
-    where = str(path)
+    where = locate(path)
     cache = str(cache_dir("datasets"))
-    if os.path.exists(where):
+    if os.path.isdir(where):
         files = _local_files(where, name, split)
         loaded = datasets.load_dataset("parquet", data_files=files, split=split, cache_dir=cache,
                                        columns=columns, streaming=streaming)
-    elif not is_repo_id(where):
-        raise NotFoundError(f"{where}: no such folder, and not a Hub dataset repo id (<user or org>/<name>); give a "
-                            f"LoRA-WiSE folder (`lora-wise build --out {where}` makes one) or a Hub repo id")
     else:
         try:
-            with talking_to_hub(f"load {where}"):
+            with talking_to_hub(f"load {where} (not a folder here either)"):
                 loaded = datasets.load_dataset(where, name, split=split, cache_dir=cache, columns=columns,
                                                streaming=streaming)
         except datasets.exceptions.DatasetNotFoundError as exc:
-            raise NotFoundError(f"{where}: no such folder, and no dataset of that id on the Hub (a private one "
-                                f"needs `hf auth login`); give a LoRA-WiSE folder or Hub dataset repo id") from exc
+            raise _not_on_hub(where) from exc
         except ValueError as exc:
             if "not found" in str(exc).lower() or "config" in str(exc).lower():
                 raise UnknownConfigError(f"{where} has no config {name!r} ({exc}).") from exc
@@ -214,9 +255,9 @@ def labels(path: str | os.PathLike, config: str, split: str = "test", step: int 
     as :func:`load_steps` takes it; every snapshot (None) lists a model once per step.
     """
     cfg = get_config(config)
-    where = str(path)
+    where = locate(path)
     if streaming is None:
-        streaming = not os.path.exists(where)
+        streaming = not os.path.isdir(where)
     ds = load_steps(path, cfg.name, step, split, columns=_LABELS, streaming=streaming)
     if hasattr(ds, "data"):
         table = ds.data.select(_LABELS).to_pydict()
@@ -332,8 +373,8 @@ class WeightsByModel:
 
 def dataset_source(path: str | os.PathLike) -> str:
     """How a results record names a dataset: its Hub repo id, or its folder's name (never a path)."""
-    where = str(path)
-    return Path(where).resolve().name if os.path.exists(where) else where
+    where = locate(path)
+    return Path(where).resolve().name if os.path.isdir(where) else where
 
 
 def fingerprint(path: str | os.PathLike, config: str) -> str:
@@ -343,15 +384,13 @@ def fingerprint(path: str | os.PathLike, config: str) -> str:
     (both splits); a Hub repo: ``hub:<repo>@<revision>``, the commit the Hub serves now.
     """
     name = view_name(config)
-    where = str(path)
-    if os.path.exists(where):
+    where = locate(path)
+    if os.path.isdir(where):
         digest = hashlib.sha256()
         for split, files in sorted(_local_files(where, name, None).items()):
             for file in files:
                 digest.update(f"{split}/{Path(file).name} {file_sha256(file)}\n".encode())
         return "sha256:" + digest.hexdigest()
-    if not is_repo_id(where):
-        raise NotFoundError(f"{where}: no such folder, and not a Hub dataset repo id (<user or org>/<name>)")
     from huggingface_hub import HfApi
 
     with talking_to_hub(f"read the revision of {where}"):

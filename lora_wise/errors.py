@@ -23,6 +23,8 @@ any other exception is a bug and shows its traceback.
     ├── TextPolicyError (ValueError)          a name, authors, link or reason outside the character policy
     ├── MethodError (ValueError)              a method that cannot be loaded or breaks the method interface
     ├── MissingDependencyError (ImportError)  an optional dependency is not installed
+    ├── OutputError (OSError)                 a file or folder cannot be written: disk full, size limit,
+    │                                         read-only, no permission, a file where a folder belongs
     ├── RepoIdError (ValueError)              not a Hub repo id (owner/name)
     ├── HubError (OSError)                    the Hub or the network to it failed
     │   ├── HubAuthError (PermissionError)    no token, or one without the rights needed
@@ -38,11 +40,17 @@ any other exception is a bug and shows its traceback.
     ├── StoreError (RuntimeError)             leaderboard: the store cannot be read or written
     └── SpaceError (RuntimeError)             leaderboard: the Space cannot be assembled or deployed
 
+:func:`os_failure` turns an ``OSError`` of the environment (errno ENOSPC, EDQUOT, EFBIG, EROFS,
+EACCES, ...) into the :class:`OutputError` that says what to do; ``lora-wise`` does so for any
+such error that reaches it, and the builder's writer with the fix a build needs.
+
 The modules that raise an error also export it (``lora_wise.lora.LoRAFormatError``,
 ``lora_wise.leaderboard.submission.SubmissionError``, ...).
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class LoRAWiSEError(Exception):
@@ -106,6 +114,50 @@ class MethodError(LoRAWiSEError, ValueError):
 
 class MissingDependencyError(LoRAWiSEError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class OutputError(LoRAWiSEError, OSError):
+    """A file or folder cannot be written (no space, a file-size limit, read-only, no permission, a file in
+    the way); the message names the path and what to do."""
+
+
+#: errno -> (what happened, what to do) for the OSErrors that come from the environment, never from a bug.
+_ENVIRONMENT = {
+    errno.ENOSPC: ("no space left on the device", "free space there (or use another folder)"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within the quota (or use another folder)"),
+    errno.EFBIG: ("a file grew past the file-size limit (`ulimit -f`) or the file system's",
+                  "raise the limit (or write smaller files)"),
+    errno.EROFS: ("the file system is read-only", "use a writable folder"),
+    errno.EIO: ("an input/output error of the device", "check the disk"),
+}
+#: Errors of a named path the user chose: no permission, a file where a folder belongs, a name too long.
+_PATH = {
+    errno.EACCES: ("permission denied", "use a folder you may write to (or fix its permissions)"),
+    errno.EPERM: ("operation not permitted", "use a folder you may write to (or fix its permissions)"),
+    errno.ENOTDIR: ("a file stands where a folder is needed", "remove or rename that file, or use another path"),
+    errno.EEXIST: ("a file stands where a folder is needed", "remove or rename that file, or use another path"),
+    errno.EISDIR: ("a folder stands where a file is needed", "use another path"),
+    errno.ENAMETOOLONG: ("the file name is too long", "use a shorter path"),
+}
+
+
+def os_failure(exc: BaseException, action: str, fix: str = "then run the command again") -> "OutputError | None":
+    """The :class:`OutputError` an ``OSError`` of the environment means; None for any other exception.
+
+    ``action`` completes "cannot ..." (e.g. ``"write the build into lora-wise/"``); ``fix`` is what to
+    do once the cause is fixed (e.g. ``"then rerun the same command: finished models are kept"``).
+    Disk full, quota, file-size limit, read-only and I/O errors count whatever the path; permission,
+    a file in the way and a too-long name only with the path they concern (else they may be a bug).
+    """
+    if isinstance(exc, LoRAWiSEError) or not isinstance(exc, OSError):
+        return None
+    code = exc.errno
+    known = _ENVIRONMENT.get(code) or (_PATH.get(code) if exc.filename is not None else None)
+    if known is None:
+        return None
+    what, remedy = known
+    shown = f"{exc.filename}: " if exc.filename is not None else ""
+    return OutputError(f"cannot {action} ({shown}{what}, errno {errno.errorcode.get(code, code)}); {remedy}, {fix}")
 
 
 # --------------------------------------------------------------------------- the Hub

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import httpx
+import httpx2
 import pytest
 import requests
-from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalTokenNotFoundError,
-                                    RepositoryNotFoundError)
+from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, LocalTokenNotFoundError,
+                                    OfflineModeIsEnabled, RepositoryNotFoundError)
 
 from lora_wise import hub
 from lora_wise.errors import (HubAuthError, HubConnectionError, HubError, HubNotFoundError, LoRAWiSEError,
@@ -37,6 +41,10 @@ def test_repo_ids(text, ok):
     (http_error(RepositoryNotFoundError, 404), HubNotFoundError, "check the repo id"),
     (httpx.ConnectError("connection refused"), HubConnectionError, "check your connection"),
     (requests.exceptions.ConnectionError("DNS"), HubConnectionError, "check your connection"),
+    (httpx2.ConnectError("[Errno -2] Name or service not known"), HubConnectionError, "check your connection"),
+    (httpx2.ReadTimeout("timed out"), HubConnectionError, "check your connection"),
+    (OfflineModeIsEnabled("cannot connect"), HubConnectionError, "check your connection"),
+    (LocalEntryNotFoundError("not in the cache"), HubConnectionError, "not in the local cache"),
     (http_error(HfHubHTTPError, 500), HubError, "try again later"),
 ])
 def test_hub_failures_are_known_by_type_and_name_the_fix(exc, kind, says):
@@ -48,6 +56,7 @@ def test_hub_failures_are_known_by_type_and_name_the_fix(exc, kind, says):
 
 def test_other_exceptions_are_not_hub_failures():
     assert hub.translate(RuntimeError("401 in a message is no Hub error"), "upload to me/x") is None
+    assert hub.translate(BrokenPipeError(32, "Broken pipe"), "upload to me/x") is None  # our stdout, not the Hub
     assert hub.translate(KeyError("x"), "upload to me/x") is None
     with pytest.raises(RuntimeError, match="a bug"):
         with hub.talking_to_hub("upload to me/x"):
@@ -65,3 +74,36 @@ def test_no_token_is_an_auth_error(monkeypatch, tmp_path):
         hub.require_token("push to me/x")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     assert hub.require_token("push to me/x") == "hf_secret"
+
+
+@pytest.fixture
+def fail_fast(monkeypatch):
+    """:func:`hub.fail_fast_when_unreachable` installed for the test, huggingface_hub's own client after it."""
+    from huggingface_hub import constants, set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read at import; the tests set HF_HUB_OFFLINE=1
+    monkeypatch.setattr(hub, "_unreachable", {})
+    assert hub.fail_fast_when_unreachable()
+    yield
+    set_client_factory(default_client_factory)
+
+
+def test_a_host_that_refused_a_connection_is_given_up_at_once(fail_fast):
+    """huggingface_hub retries a refused connection for 23 s; with the fail-fast client the first refusal
+    ends the call, and later calls to that host fail before connecting -- with huggingface_hub's offline
+    error, which it answers from its cache where it can."""
+    from huggingface_hub import HfApi
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    api = HfApi(endpoint=f"http://127.0.0.1:{port}", token=False)
+    for _ in range(2):
+        start = time.monotonic()
+        with pytest.raises(hub.HubConnectionError, match="could not reach the Hugging Face Hub to list me/x"):
+            with hub.talking_to_hub("list me/x"):
+                api.list_repo_files("me/x", repo_type="dataset")
+        assert time.monotonic() - start < 10
+    assert isinstance(hub._unreachable.get("127.0.0.1"), tuple), hub._unreachable

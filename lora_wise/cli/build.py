@@ -19,7 +19,9 @@ resumable: rerun the same command after an interruption and finished models are 
 Models are fine-tuned --batch-models at a time in one batched pass, each exactly as
 one-at-a-time PEFT training would (to float tolerance).  Spread a build over machines
 with --shard i/N (e.g. a Slurm job array writing into one shared --out folder) or over
-a Ray cluster with --ray; either gives the same dataset as one process.
+a Ray cluster with --ray; either gives the same dataset as one process.  Builds started
+into one --out folder at the same time split its models instead of each training all
+of them, and each ends with the complete dataset.
 """
 
 BUILD_EPILOG = """\
