@@ -11,10 +11,11 @@ step**: nothing is held out, the LoRA to audit is the test -- and answers with
   conformal **interval** of reference sizes at a stated coverage (90% by default);
 * **a continuous estimate** -- ridge regression of log n on the spectra, which can fall between
   the reference sizes, with its own conformal interval;
-* **the training step** -- estimated with the size, from the references' snapshots;
-* **in distribution or not** -- a conformal out-of-distribution test (distance to the nearest
-  reference snapshot) at a stated false-alarm rate (1% by default); a flagged LoRA gets the reason
-  among its warnings;
+* **the training length** -- estimated by regression on the spectra, also beyond the references'
+  steps; the size is estimated against the reference snapshots at the nearest reference step;
+* **in distribution or not** -- a conformal out-of-distribution test (a training length beyond the
+  references', or a distance to the nearest reference snapshot beyond theirs) at a stated
+  false-alarm rate (1% by default); a flagged LoRA gets the reason among its warnings;
 * how the classifiers voted and which reference snapshots they found nearest.
 
 Intervals and the test are calibrated on the references by leaving one micro-dataset out;
@@ -103,9 +104,10 @@ class Estimate:
     interval: Interval  # of reference sizes, at interval.coverage
     continuous: float  # the regression's answer, between reference sizes where it falls there
     continuous_interval: Interval
-    step: int  # estimated training step (a reference step)
+    step: int  # the reference step nearest the estimated training length: the size is estimated at it
+    training_steps: float | None  # the estimated training length (None with references at one step)
     in_distribution: bool
-    ood: dict  # distance, threshold, p_value, false_alarm_rate, nearest
+    ood: dict  # false_alarm_rate, distance, threshold, p_value, training_length, nearest
     votes: dict[int, int]  # every reference size -> classifiers voting for it
     num_classifiers: int
     neighbours: list[Neighbour]  # most often nearest reference snapshots first
@@ -132,7 +134,9 @@ class Estimate:
             "continuous_estimate": {"dataset_size": round(self.continuous, 3),
                                     "interval": {k: round(v, 3) if isinstance(v, float) and k != "coverage" else v
                                                  for k, v in self.continuous_interval.to_dict().items()}},
-            "estimated_step": self.step, "in_distribution": self.in_distribution,
+            "estimated_step": self.step,
+            "estimated_training_steps": None if self.training_steps is None else round(self.training_steps, 1),
+            "in_distribution": self.in_distribution,
             "out_of_distribution_test": dict(self.ood),
             "calibration": {"method": "split conformal, leave one micro-dataset out (crepes)",
                             "micro_datasets": self.reference_micro_datasets,
@@ -165,9 +169,12 @@ class Estimate:
             f"({level} interval: {span}; a reference size, from the classifiers' vote)",
             f"continuous estimate:    {self.continuous:.3g} images ({level} interval: {c_low:.3g} to {c_high:.3g}; "
             f"by regression, may fall between reference sizes)",
-            f"estimated training:     {self.step} steps (the references': {', '.join(map(str, self.reference_steps))})",
+            f"estimated training:     "
+            + (f"{self.training_steps:.0f} steps (sizes compared at the nearest reference step, {self.step}; "
+               if self.training_steps is not None else f"{self.step} steps (")
+            + f"the references': {', '.join(map(str, self.reference_steps))})",
             f"in distribution:        "
-            + (f"yes (nearest reference snapshot at {ood['distance']:.3g}; flagged beyond {ood['threshold']:.3g}, "
+            + (f"yes (nearest reference snapshot at {ood['distance']:.3g}, flagged beyond {ood['threshold']:.3g}; "
                f"{100 * ood['false_alarm_rate']:.2g}% false alarms)" if self.in_distribution
                else "NO: the estimates may be wrong (see the warnings)"),
             "",
@@ -367,13 +374,13 @@ class DatasetSizeEstimator:
                              steps=np.zeros(1, dtype=np.int64))
         calibration = self.calibration(layers)
         answer: Answer = calibration.answer(query)[0]
-        model = calibration.size_model_
+        model = calibration.size_model(answer.step)
         why = model.explain(query, 0)
 
         sizes = tuple(int(s) for s in model.classes_)
         votes = {size: int(why.votes.get(size, 0)) for size in sizes}
-        table = calibration.table
-        chosen = Counter(int(row) for rows in why.neighbour_rows for row in rows)
+        table, rows_of = calibration.table, calibration.size_rows(answer.step)
+        chosen = Counter(int(rows_of[row]) for rows in why.neighbour_rows for row in rows)
         neighbours = [Neighbour(model_id=table.model_ids[row], step=int(table.steps[row]),
                                 dataset_size=int(table.dataset_sizes[row]), classifiers=c)
                       for row, c in sorted(chosen.items(),
@@ -394,9 +401,8 @@ class DatasetSizeEstimator:
             source=source, naming=weights.naming, config=self.config.name, method=self.method,
             params=model.params(), prediction=int(why.prediction), interval=answer.interval,
             continuous=answer.continuous, continuous_interval=answer.continuous_interval, step=answer.step,
-            in_distribution=answer.in_distribution,
-            ood={"distance": round(answer.distance, 4), "threshold": round(answer.threshold, 4),
-                 "p_value": round(answer.p_value, 4), "false_alarm_rate": answer.false_alarm_rate,
+            training_steps=answer.training_steps, in_distribution=answer.in_distribution,
+            ood={**answer.ood_dict(),
                  "nearest": {"model_id": table.model_ids[nearest], "step": int(table.steps[nearest]),
                              "dataset_size": int(table.dataset_sizes[nearest])}},
             votes=votes, num_classifiers=len(why.classifier_votes), neighbours=neighbours, layers_used=len(layers),

@@ -1,7 +1,7 @@
 """Calibrated estimates on models the builder really trains: held-out coverage, the step, the OOD flag.
 
 A small config of the tiny miniature backbone (sizes 1, 2, 4; rank 4) is built with the
-builder's batched trainer, with snapshots at two short steps and one far longer one.  The
+builder's batched trainer, with snapshots at two steps, one far shorter and one far longer.  The
 references are the first half of the micro-datasets at the two short steps; the other half is
 held out: micro-datasets the references never saw.  The test counts itself how often the true
 size falls in the printed intervals, how often the step is right, how often a held-out LoRA like
@@ -28,15 +28,15 @@ pytestmark = pytest.mark.slow
 CONFIG = "mini_estimate_test"
 MICRO_DATASETS = 32
 SHORT = (6, 12)
-LONG = 48
+LONG, SHORTER = 48, 2
 
 
 def _config() -> BenchmarkConfig:
     return BenchmarkConfig(
-        name=CONFIG, description="Estimate tests: 32 synthetic concepts, sizes 1, 2, 4; snapshots at 6, 12, 48.",
+        name=CONFIG, description="Estimate tests: 32 synthetic concepts, sizes 1, 2, 4; snapshots at 2, 6, 12, 48.",
         data_range="low", dataset_sizes=(1, 2, 4), image_source="synthetic", backbone=registry.MINIATURE,
         backbone_name="mini-sd", rank=4, recipe=dataclasses.replace(MINI_RECIPE, max_train_steps=LONG),
-        snapshot_steps=SHORT + (LONG,), checkpoint_step=SHORT[-1], num_micro_datasets=MICRO_DATASETS,
+        snapshot_steps=(SHORTER,) + SHORT + (LONG,), checkpoint_step=SHORT[-1], num_micro_datasets=MICRO_DATASETS,
         num_train_micro_datasets=8, miniature=True)
 
 
@@ -98,6 +98,9 @@ def test_the_step_is_estimated_and_lookalikes_are_rarely_flagged(results):
     print(f"step right {steps_right:.3f}, false alarms {false_alarms:.3f}")
     assert steps_right >= 0.8
     assert false_alarms <= 0.1  # the stated rate is 1% (about 1% for 96 references)
+    for labels, est in short:  # sizes are compared at the estimated step: the neighbours are snapshots of it
+        assert {n.step for n in est.neighbours} == {est.step}
+        assert all(n.model_id.endswith(f"/n{n.dataset_size}") for n in est.neighbours)
 
 
 def test_a_lora_trained_four_times_longer_is_flagged_with_the_reason(results):
@@ -106,6 +109,21 @@ def test_a_lora_trained_four_times_longer_is_flagged_with_the_reason(results):
     flagged = [est for est in long if not est.in_distribution]
     print(f"{LONG}-step LoRAs flagged: {len(flagged)} of {len(long)}")
     assert len(flagged) == len(long)
+    lengths = [est.training_steps for est in long]
+    print(f"their estimated training lengths: median {np.median(lengths):.0f} steps")
+    assert np.median(lengths) > SHORT[-1]  # extrapolated beyond the references, toward the truth
     reasons = [w for est in flagged for w in est.warnings if "out of distribution" in w]
-    assert len(reasons) == len(flagged) and all("trained longer" in r for r in reasons)
+    assert len(reasons) == len(flagged)
+    assert all("longer than any reference's" in r or "trained longer" in r for r in reasons)
     assert all(est.to_dict()["in_distribution"] is False for est in flagged)
+    named = sum(est.ood["training_length"]["flagged"] == "longer" for est in long)
+    print(f"... {named} of them by the training-length test")
+    assert named >= 0.75 * len(long)
+
+
+def test_a_lora_trained_far_shorter_is_flagged(results):
+    short = [est for labels, est in results if labels["step"] == SHORTER]
+    flagged = [est for est in short if not est.in_distribution]
+    print(f"{SHORTER}-step LoRAs flagged: {len(flagged)} of {len(short)}, "
+          f"{sum(est.ood['training_length']['flagged'] == 'shorter' for est in short)} as shorter")
+    assert len(flagged) >= 0.9 * len(short)

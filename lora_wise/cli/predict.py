@@ -24,11 +24,12 @@ def register(commands) -> None:
                       "conformal): the classifier's estimate, a reference size -- right when the LoRA was "
                       "trained on one of the reference sizes, as in the benchmark -- and a continuous estimate "
                       "by regression of log n on the spectra, which can fall between them -- right when the size "
-                      "may be any number, as for a LoRA from elsewhere.  It also prints the training step it "
-                      "estimates with the size, and whether the LoRA is in distribution: a LoRA unlike every "
-                      "reference (another training length, learning rate, image domain or backbone version) is "
-                      "flagged, with the reason among the warnings; a LoRA like them is flagged with probability "
-                      "--false-alarm.  Then how the layer-wise classifiers voted and the nearest reference "
+                      "may be any number, as for a LoRA from elsewhere.  It also prints how many steps it "
+                      "estimates the LoRA was trained (the size is compared with the reference snapshots at the "
+                      "nearest reference step), and whether the LoRA is in distribution: a LoRA trained longer or "
+                      "shorter than every reference, or unlike every reference snapshot (another learning rate, "
+                      "image domain or backbone version), is flagged, with the reason among the warnings; a LoRA "
+                      "like them is flagged with probability --false-alarm.  Then how the layer-wise classifiers voted and the nearest reference "
                       "snapshots.  A LoRA that does not match the references (layers, shapes, rank) is an error "
                       "naming what differs."),
         ]))
@@ -49,7 +50,7 @@ def register(commands) -> None:
     p.add_argument("--json", action="store_true",
                    help="print JSON (an object for one LoRA, a list for several): estimated_dataset_size and its "
                         "interval {low, high, coverage}, continuous_estimate {dataset_size, interval}, "
-                        "estimated_step, in_distribution, warnings, votes, neighbours")
+                        "estimated_training_steps, in_distribution, warnings, votes, neighbours")
     p.set_defaults(func=_cmd_predict)
 
 
