@@ -167,9 +167,13 @@ def test_rank_higher_is_an_error_lower_is_zero_padded(estimator, tmp_path):
         estimator.estimate(high)
     low = tmp_path / "r4.safetensors"
     low.write_bytes(synthetic_lora(3, seed=7, rank=4))
-    with pytest.warns(EstimateWarning, match="zero-padded to rank 8"):
+    with pytest.warns(EstimateWarning) as caught:
         est = estimator.estimate(low)
+    messages = [str(w.message) for w in caught]
+    assert any("zero-padded to rank 8" in m for m in messages)
     assert est.lora_rank == 4 and est.reference_rank == 8 and sum(est.votes.values()) == CLASSIFIERS
+    # half of its singular values are zeros where every reference's are not: unlike all of them
+    assert not est.in_distribution and any("out of distribution" in m for m in messages)
 
 
 def test_scale_differing_from_the_references_is_warned(estimator, tmp_path):
