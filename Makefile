@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python bench/baselines.py
 	$(BIN)/python bench/build.py
 	$(BIN)/python bench/builder_training.py
+	$(BIN)/python bench/estimates.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

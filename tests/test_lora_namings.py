@@ -25,7 +25,7 @@ from safetensors.numpy import save as save_numpy  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from lora_wise.lora import peft_safetensors  # noqa: E402
-from lora_wise.lora import LoRAFormatError, PickleRefusedError, read_lora  # noqa: E402
+from lora_wise.lora import LoRAFormatError, PickleRefusedError, read_header, read_lora  # noqa: E402
 
 RANK, ALPHA = 4, 8  # scale alpha / r = 2, so a lost alpha cannot go unnoticed
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -278,3 +278,94 @@ def test_malformed_files_get_errors_naming_the_tensor(tmp_path):
         read_lora(_file(tmp_path, {f"{layer}.weight": np.ones((16, 16), np.float32)}))
     with pytest.raises(FileNotFoundError):
         read_lora(tmp_path / "absent.safetensors")
+
+
+# --------------------------------------------------------------------------- files other tools write
+
+
+def _loaded_deltas(pipe) -> dict:
+    """PEFT's delta weights of every LoRA module diffusers loaded into ``pipe``'s UNet."""
+    with torch.no_grad():
+        return {name: module.get_delta_weight(module.active_adapters[0]).double().numpy()
+                for name, module in lora_modules(pipe.unet).items()}
+
+
+def test_kohya_file_written_by_diffusers_converter(mini, tmp_path):
+    """diffusers' convert_state_dict_to_kohya writes alpha as an int64 tensor (the rank); the file reads,
+    and scale * B @ A equals the delta weight diffusers itself loads from it."""
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft.utils import get_peft_model_state_dict
+
+    peft_state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(mini["pipe"].unet).items()}
+    kohya = convert_state_dict_to_kohya(peft_state)
+    save_file({k: v.contiguous() for k, v in kohya.items()}, tmp_path / "kohya.safetensors")
+    alphas = {k: v for k, v in kohya.items() if k.endswith(".alpha")}
+    assert alphas and all(v.dtype == torch.int64 for v in alphas.values())  # what makes this case
+    assert {info.dtype for key, info in read_header(tmp_path / "kohya.safetensors").tensors.items()
+            if key.endswith(".alpha")} == {"I64"}
+
+    weights = read_lora(tmp_path / "kohya.safetensors")
+    assert weights.naming == "kohya" and set(weights) == set(mini["factors"])
+    assert all(layer.alpha == RANK and layer.scale == 1.0 for layer in weights.values())
+
+    fresh = mini_pipeline(tmp_path)
+    fresh.load_lora_weights(str(tmp_path / "kohya.safetensors"))
+    loaded = _loaded_deltas(fresh)
+    assert set(loaded) == set(weights)
+    for name, delta in loaded.items():
+        layer = weights[name]
+        ours = layer.scale * layer.B.astype(np.float64) @ layer.A.astype(np.float64)
+        np.testing.assert_allclose(ours, delta, rtol=1e-5, atol=1e-7)
+
+
+def test_attention_processor_naming_reads_as_diffusers_converts_it(mini, tmp_path):
+    """The old ``<attn>.processor.to_q_lora.down.weight`` naming: diffusers' own converter to PEFT names and
+    ours agree on every layer and factor."""
+    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+    from safetensors.numpy import load_file
+
+    path, naming, _ = write_family("diffusers-attn-processor", mini, tmp_path)
+    assert naming == "diffusers-legacy" and any(".processor.to_out_lora.down." in k for k in load_file(path))
+    converted = convert_unet_state_dict_to_peft(load_file(path))
+    assert all(".lora_A." in k or ".lora_B." in k for k in converted)
+    theirs = read_lora({k: np.asarray(v) for k, v in converted.items()})
+    ours = read_lora(path)
+    assert list(ours) == list(theirs) and set(ours) == set(mini["factors"])
+    for name in ours:
+        np.testing.assert_array_equal(ours[name].A, theirs[name].A)
+        np.testing.assert_array_equal(ours[name].B, theirs[name].B)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_peft_folder_reads_r_and_alpha_from_adapter_config(rslora, tmp_path):
+    """PEFT's save_pretrained folder: adapter_model.safetensors without alpha, adapter_config.json beside it
+    (r, lora_alpha, alpha_pattern, use_rslora); scale * B @ A equals PEFT's own delta weight."""
+    from peft import LoraConfig, get_peft_model
+
+    pipe = mini_pipeline(tmp_path)
+    special = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v"
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, init_lora_weights=False,
+                        use_rslora=rslora, alpha_pattern={special: 3})
+    model = get_peft_model(pipe.unet, config)
+    model.save_pretrained(tmp_path / "adapter")
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {"adapter_model.safetensors", "adapter_config.json"}
+    weights = read_lora(tmp_path / "adapter")
+    deltas = {name: m.get_delta_weight("default").detach().double().numpy() for name, m in lora_modules(pipe.unet).items()}
+    assert set(weights) == set(deltas)
+    for name, delta in deltas.items():
+        layer = weights[name]
+        np.testing.assert_allclose(layer.scale * layer.B.astype(np.float64) @ layer.A.astype(np.float64), delta,
+                                   rtol=1e-5, atol=1e-7)
+    assert weights[special].scale == pytest.approx(3 / (RANK ** 0.5 if rslora else RANK))
+
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    saved = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**saved, "r": RANK * 2}))
+    with pytest.raises(LoRAFormatError, match=rf"r is {RANK * 2} for layer .* but its tensors have rank {RANK}"):
+        read_lora(tmp_path / "adapter")
+    config_path.write_text("{not json")
+    with pytest.raises(LoRAFormatError, match="adapter_config.json: not valid JSON"):
+        read_lora(tmp_path / "adapter")
+    config_path.write_text(json.dumps({**saved, "lora_alpha": "eight"}))
+    with pytest.raises(LoRAFormatError, match="lora_alpha is 'eight'; it must be a positive number"):
+        read_lora(tmp_path / "adapter")

@@ -51,8 +51,11 @@ def test_a_reference_model_is_its_own_nearest_neighbour(estimator, reference_row
             est = DatasetSizeEstimator(estimator.table, estimator.profile, CONFIG, method).estimate(path)
             assert est.prediction == size
             assert est.votes == {s: (CLASSIFIERS if s == size else 0) for s in (1, 2, 3, 4, 5, 6)}
-            assert est.vote_share == 1.0 and est.confidence == "high"
+            assert est.vote_share == 1.0
             assert est.neighbours[0].model_id == row["model_id"] and est.neighbours[0].classifiers == CLASSIFIERS
+            assert est.neighbours[0].step == row["step"] == est.step
+            assert est.in_distribution and est.ood["distance"] == 0.0 and est.ood["nearest"]["model_id"] == row["model_id"]
+            assert size in est.interval and est.interval.coverage == 0.9
             assert est.warnings == []
 
 
@@ -97,6 +100,8 @@ def test_predict_cli_text_and_json(synthetic_benchmark, reference_rows, tmp_path
     assert f"6 | {'#' * 30} {CLASSIFIERS}  <- estimate" in captured.out
     assert row["model_id"] in captured.out
     assert "largest reference size" in captured.err  # the edge of the range is flagged
+    assert "(90% interval: " in captured.out and "continuous estimate:" in captured.out
+    assert "in distribution:        yes" in captured.out
 
     assert main(["predict", str(path), "--reference", str(synthetic_benchmark), "--config", CONFIG,
                  "--method", "nn-full-model", "--json"]) == 0
@@ -105,6 +110,10 @@ def test_predict_cli_text_and_json(synthetic_benchmark, reference_rows, tmp_path
     assert sum(v["classifiers"] for v in result["votes"]) == 1
     assert result["neighbours"][0]["model_id"] == row["model_id"]
     assert any("largest reference size" in w for w in result["warnings"])
+    assert result["interval"]["coverage"] == 0.9 and result["interval"]["low"] <= 6 <= result["interval"]["high"]
+    assert result["in_distribution"] is True and result["estimated_step"] == 100 == row["step"]
+    continuous = result["continuous_estimate"]
+    assert continuous["interval"]["low"] <= continuous["dataset_size"] <= continuous["interval"]["high"]
 
     assert main(["predict", str(path), str(other), "--reference", str(synthetic_benchmark), "--config", CONFIG,
                  "--json", "--k", "3", "--matrices", "BA"]) == 0
@@ -158,9 +167,13 @@ def test_rank_higher_is_an_error_lower_is_zero_padded(estimator, tmp_path):
         estimator.estimate(high)
     low = tmp_path / "r4.safetensors"
     low.write_bytes(synthetic_lora(3, seed=7, rank=4))
-    with pytest.warns(EstimateWarning, match="zero-padded to rank 8"):
+    with pytest.warns(EstimateWarning) as caught:
         est = estimator.estimate(low)
+    messages = [str(w.message) for w in caught]
+    assert any("zero-padded to rank 8" in m for m in messages)
     assert est.lora_rank == 4 and est.reference_rank == 8 and sum(est.votes.values()) == CLASSIFIERS
+    # half of its singular values are zeros where every reference's are not: unlike all of them
+    assert not est.in_distribution and any("out of distribution" in m for m in messages)
 
 
 def test_scale_differing_from_the_references_is_warned(estimator, tmp_path):
@@ -197,3 +210,67 @@ def test_library_entry_point(synthetic_benchmark, reference_rows):
     assert est.prediction == 2 and est.method == "frobenius-nn" and est.source == "the LoRA"
     with pytest.raises(ValueError, match="unknown method"):
         DatasetSizeEstimator(None, None, CONFIG, "magic")
+
+
+def test_intervals_cover_models_the_references_never_saw(estimator):
+    """Independent check of the calibration: fresh synthetic LoRAs (new seeds: new micro-datasets) of every size;
+    the share whose true size lies in the printed interval, counted here, is close to the stated 90%."""
+    inside = continuous_inside = flagged = total = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EstimateWarning)
+        for seed in range(25):
+            for size in (1, 2, 3, 4, 5, 6):
+                est = estimator.estimate(synthetic_lora(size, seed=900_000 + 7 * seed, rank=8))
+                inside += est.interval.low <= size <= est.interval.high
+                continuous_inside += est.continuous_interval.low <= size <= est.continuous_interval.high
+                flagged += not est.in_distribution
+                total += 1
+    print(f"held-out coverage: classifier {inside / total:.3f}, continuous {continuous_inside / total:.3f}, "
+          f"flagged {flagged / total:.3f}")
+    assert 0.82 <= inside / total <= 0.98, inside / total  # 150 draws: 0.9 +- 3 standard errors
+    assert 0.82 <= continuous_inside / total <= 0.98, continuous_inside / total
+    assert flagged / total <= 0.05  # stated false-alarm rate 1%
+
+
+def test_a_lora_unlike_the_references_is_flagged_with_the_reason(estimator, synthetic_benchmark, tmp_path, capsys):
+    path = tmp_path / "loud.safetensors"
+    path.write_bytes(synthetic_lora(3, seed=4242, rank=8, signal=30.0))  # updates 30x the references'
+    with pytest.warns(EstimateWarning, match="out of distribution"):
+        est = estimator.estimate(path)
+    assert not est.in_distribution and est.ood["distance"] > est.ood["threshold"] and est.ood["p_value"] <= 0.01
+    [reason] = [w for w in est.warnings if "out of distribution" in w]
+    assert "larger than any reference's" in reason and "trained longer" in reason
+    assert main(["predict", str(path), "--reference", str(synthetic_benchmark), "--config", CONFIG, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["in_distribution"] is False and any("out of distribution" in w for w in result["warnings"])
+
+
+def test_coverage_and_false_alarm_options(synthetic_benchmark, tmp_path, capsys):
+    path = tmp_path / "three.safetensors"
+    path.write_bytes(synthetic_lora(3, seed=31_337, rank=8))
+    widths = {}
+    for coverage in (0.5, 0.95):
+        assert main(["predict", str(path), "--reference", str(synthetic_benchmark), "--config", CONFIG, "--json",
+                     "--coverage", str(coverage), "--false-alarm", "0.05"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["interval"]["coverage"] == coverage and result["out_of_distribution_test"]["false_alarm_rate"] == 0.05
+        interval = result["continuous_estimate"]["interval"]
+        widths[coverage] = interval["high"] / interval["low"]
+    assert widths[0.5] < widths[0.95]
+    for bad in ("0", "1.5"):
+        assert main(["predict", str(path), "--reference", str(synthetic_benchmark), "--config", CONFIG,
+                     "--coverage", bad]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: coverage must be between 0 and 1")
+
+
+def test_the_continuous_estimate_falls_between_the_reference_sizes(synthetic_benchmark):
+    """Synthetic LoRAs of 25 and 35 images (sizes no reference has; their spectra shrink with n by construction):
+    the classifier can only answer a reference size, the continuous estimate lands between the neighbours."""
+    estimator = DatasetSizeEstimator.from_reference(synthetic_benchmark, "mini_medium_r8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EstimateWarning)
+        for size, (below, above) in ((25, (20, 30)), (35, (30, 40))):
+            ests = [estimator.estimate(synthetic_lora(size, seed=700_000 + seed, rank=8)) for seed in range(20)]
+            assert all(est.prediction in (1, 10, 20, 30, 40, 50) for est in ests)
+            assert below < np.median([est.continuous for est in ests]) < above
+            assert np.mean([est.continuous_interval.low <= size <= est.continuous_interval.high for est in ests]) >= 0.8

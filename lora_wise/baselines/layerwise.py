@@ -62,6 +62,7 @@ class Explanation:
     classifier_names: list[str]
     neighbour_ids: list[list[str]]  # per classifier, the k nearest training model ids
     neighbour_sizes: np.ndarray  # (C, k)
+    neighbour_rows: np.ndarray  # (C, k) their rows in the training table
 
 
 class LayerwiseVote(Method):
@@ -233,7 +234,7 @@ class LayerwiseVote(Method):
             prediction=prediction, votes={int(v): int(c) for v, c in zip(values, counts)},
             classifier_votes=votes, classifier_names=names,
             neighbour_ids=[[self.train_ids_[j] for j in row_] for row_ in neighbours],
-            neighbour_sizes=self.train_y_[neighbours])
+            neighbour_sizes=self.train_y_[neighbours], neighbour_rows=neighbours)
 
     # ------------------------------------------------------------------ scikit-learn classifiers
 
