@@ -87,6 +87,7 @@ def closed_port() -> int:
 
 @pytest.mark.parametrize("args", [
     ["baseline", "dsire", "{arg}", "mini_low_r8"],
+    ["evaluate", "dsire", "{arg}", "mini_low_r8"],
     ["leaderboard", "add-baselines", "{arg}"],
     ["submit", "{csv}", "--config", "mini_low_r8", "--method", "m", "--dataset", "{arg}"],
 ])

@@ -108,6 +108,23 @@ def test_view_names_resolve_aliases():
         view_name("nope_snapshots")
 
 
+def test_every_reader_decides_a_dataset_argument_through_locate(synthetic_benchmark, tmp_path):
+    """A folder lists its configs once whatever views it has; a file or a non-id is refused by every reader,
+    the same way, before anything is read."""
+    from lora_wise.data import dataset_configs, dataset_source, fingerprint
+
+    assert dataset_configs(synthetic_benchmark) == ["mini_low_r8", "mini_medium_r8"]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    readers = [dataset_configs, dataset_source, lambda where: fingerprint(where, "mini_low_r8"),
+               lambda where: labels(where, "mini_low_r8"), lambda where: load_benchmark(where, "mini_low_r8")]
+    for read in readers:
+        with pytest.raises(DatasetLayoutError, match="is a file, not a LoRA-WiSE dataset folder"):
+            read(a_file)
+        with pytest.raises(FileNotFoundError, match="no such folder, and not a Hub dataset repo id"):
+            read(tmp_path / "no-such-folder")
+
+
 def test_a_dataset_without_snapshots_answers_every_step_from_its_one_view(tmp_path):
     from lora_wise.layout import render_card, write_shards
 
