@@ -38,7 +38,7 @@ from typing import Protocol, runtime_checkable
 from lora_wise import jsonio
 from lora_wise.cache import cache_dir
 from lora_wise.errors import StoreError, SubmissionError
-from lora_wise.hub import check_repo_id, talking_to_hub
+from lora_wise.hub import check_repo_id, repo_files, talking_to_hub
 from lora_wise.text import check_text
 
 from .entries import Entry, Withdrawal, active, format_metric
@@ -382,13 +382,8 @@ class HubDatasetStore:
         return withdrawal
 
     def _files(self, prefix: str | None = None) -> list[str]:
-        from huggingface_hub.errors import RepositoryNotFoundError
-
         prefix = prefix or self.prefix
-        try:
-            files = self.api.list_repo_files(self.repo_id, repo_type="dataset")
-        except RepositoryNotFoundError:
-            return []
+        files = repo_files(self.api, self.repo_id, repo_type="dataset")
         return sorted(f for f in files if f.startswith(prefix + "/") and f.endswith(".json"))
 
     def _read(self, names: list[str], parse) -> list:

@@ -56,6 +56,11 @@ BACKBONE_LICENSES = {SD15: "creativeml-openrail-m", SD2: "openrail++", MINIATURE
 ATTENTION_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+#: How models are seeded: ``"fixed"`` (the recipe's one seed for every model, the paper's) or
+#: ``"random"`` (one seed per model, derived from its identity: the paper's seeding ablation).
+SEED_MODES: tuple[str, ...] = ("fixed", "random")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Fine-tuning hyper-parameters (paper App. Tables 10-11; diffusers' defaults elsewhere)."""
@@ -155,8 +160,8 @@ class BenchmarkConfig:
             recipe = dataclasses.replace(recipe, train_batch_size=batch_size)
             suffix.append(f"bs{batch_size}")
         if seed_mode is not None and seed_mode != recipe.seed_mode:
-            if seed_mode not in ("fixed", "random"):
-                raise ValueError(f"seed mode must be 'fixed' or 'random', not {seed_mode!r}")
+            if seed_mode not in SEED_MODES:
+                raise ValueError(f"seed mode must be one of {', '.join(SEED_MODES)}, not {seed_mode!r}")
             recipe = dataclasses.replace(recipe, seed_mode=seed_mode)
             suffix.append(f"seed{seed_mode}")
         steps = self.snapshot_steps
@@ -286,7 +291,7 @@ def canonical_name(name: str) -> str:
 
 
 _DERIVED_PARTS = {"flip": dict(flip_augmentation=True), "noflip": dict(flip_augmentation=False),
-                  "seedrandom": dict(seed_mode="random"), "seedfixed": dict(seed_mode="fixed")}
+                  **{f"seed{mode}": dict(seed_mode=mode) for mode in SEED_MODES}}
 
 
 def get_config(name: str) -> BenchmarkConfig:

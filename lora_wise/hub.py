@@ -113,6 +113,20 @@ def translate(exc: BaseException, action: str) -> HubError | None:
     return None
 
 
+def repo_files(api, repo_id: str, repo_type: str = "dataset") -> list[str]:
+    """The files of a Hub repo through ``api`` (an ``HfApi``); ``[]`` for a repo not created yet.
+
+    A store that nothing was written to has no repo: that is an empty store, not an error.
+    Any other failure propagates (inside :func:`talking_to_hub` it becomes a :class:`HubError`).
+    """
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return list(api.list_repo_files(repo_id, repo_type=repo_type))
+    except RepositoryNotFoundError:
+        return []
+
+
 @contextmanager
 def talking_to_hub(action: str) -> Iterator[None]:
     """Run Hub requests; a Hub failure leaves the block as the :class:`HubError` that names the fix."""

@@ -107,3 +107,23 @@ def test_a_host_that_refused_a_connection_is_given_up_at_once(fail_fast):
                 api.list_repo_files("me/x", repo_type="dataset")
         assert time.monotonic() - start < 10
     assert isinstance(hub._unreachable.get("127.0.0.1"), tuple), hub._unreachable
+
+
+def test_repo_files_are_empty_for_a_repo_not_created_yet_and_other_failures_propagate():
+    class Api:
+        def __init__(self, error=None):
+            self.error = error
+
+        def list_repo_files(self, repo_id, repo_type):
+            assert repo_type == "dataset"
+            if self.error:
+                raise self.error
+            return ["a.json", "b/c.json"]
+
+    assert hub.repo_files(Api(), "me/results") == ["a.json", "b/c.json"]
+    assert hub.repo_files(Api(http_error(RepositoryNotFoundError, 404)), "me/results") == []
+    with pytest.raises(HfHubHTTPError):
+        hub.repo_files(Api(http_error(HfHubHTTPError, 500)), "me/results")
+    with pytest.raises(HubError, match="the Hub failed to list"):
+        with hub.talking_to_hub("list me/results"):
+            hub.repo_files(Api(http_error(HfHubHTTPError, 500)), "me/results")

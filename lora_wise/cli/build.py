@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..configs import SEED_MODES
 from .parser import add_command
 
 BUILD_DESCRIPTION = """\
@@ -50,7 +51,7 @@ def register(commands) -> None:
     ablation = p.add_argument_group("ablation options (each derives a config with its own name)")
     ablation.add_argument("--steps", type=int, metavar="N", help="max training steps")
     ablation.add_argument("--batch-size", type=int, metavar="B", help="training batch size")
-    ablation.add_argument("--seed-mode", choices=["fixed", "random"], help="one seed for all models, or one each")
+    ablation.add_argument("--seed-mode", choices=list(SEED_MODES), help="one seed for all models, or one each")
     ablation.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                           help="random horizontal flips (the paper's defense)")
     images = p.add_argument_group("images (configs whose images are not synthetic)")

@@ -13,6 +13,7 @@ from ..leaderboard.entries import MAX_PREDICTION
 from ..leaderboard.references import DATASET_ENV, DEFAULT_DATASET
 from ..leaderboard.store import DB_ENV, REPO_ENV
 from ..leaderboard.submission import MAX_BYTES, MAX_ROWS
+from ..results import PROTOCOLS
 from ..text import MAX_LENGTH
 from .parser import add_command, paragraph
 
@@ -114,7 +115,7 @@ def register(commands) -> None:
     p.add_argument("dataset", metavar="DATASET", help="LoRA-WiSE folder or Hub repo id")
     p.add_argument("--config", nargs="+",
                    help=("only these configs (default: every config of DATASET)"))
-    p.add_argument("--protocol", choices=("paper", "standard"), default="paper",
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default="paper",
                    help="paper: 10 draws, the board shows their mean too; standard: the standard split only")
     _add_store_options(p)
     p.set_defaults(func=_cmd_add_baselines)
