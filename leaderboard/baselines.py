@@ -43,7 +43,8 @@ def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] |
     ``configs`` defaults to every config the dataset holds.  ``results`` may hold protocol
     results already computed (``{config: {"dsire": ProtocolResult, ...}}``, e.g. by the
     report): they are submitted instead of fitting again.  Returns the entries added (a
-    reference entry with the same standard-split predictions already ranked is not added again).
+    reference entry with the same predictions as one already ranked -- its own earlier run, or the
+    other baseline's where both predict alike -- is not added again).
     """
     from lora_wise.data import dataset_configs, feature_table
     from lora_wise.evaluation import to_record
@@ -70,9 +71,10 @@ def add_baselines(dataset: str | os.PathLike | None = None, configs: list[str] |
                 result = run_protocol(table, config, baseline, protocol=protocol)
             parsed = parse_record(to_record(result, where, name=method), f"the {baseline} run on {config}")
             predictions = [d.predictions for d in parsed.draws]
-            if (method, predictions_sha256(predictions[0])) in existing or \
-                    duplicate_key(config, "test", predictions) in keys:
-                continue
+            key = duplicate_key(config, "test", predictions)
+            if (method, predictions_sha256(predictions[0])) in existing or key in keys:
+                continue  # already ranked -- or the other baseline predicted exactly the same (a tiny config)
+            keys.add(key)
             added.append(submit(parsed, method=method, config=config, split="test", authors=REFERENCE_AUTHORS,
                                 link=REFERENCE_LINK, store=store, reference=True, dataset=where))
     return added

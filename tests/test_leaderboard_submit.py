@@ -208,6 +208,19 @@ def test_every_bad_submission_is_an_error_with_nothing_stored(tmp_path, syntheti
     assert not db.exists() or store.entries() == []
 
 
+def test_a_baseline_predicting_exactly_like_the_other_is_skipped_not_refused(tmp_path, synthetic_benchmark):
+    from lora_wise.data import feature_table
+    from lora_wise.protocol import run_protocol
+
+    store = SQLiteStore(tmp_path / "lb.sqlite")
+    result = run_protocol(feature_table(synthetic_benchmark, CONFIG), CONFIG, "dsire", protocol="paper")
+    first, second = REFERENCE_METHODS
+    added = add_baselines(synthetic_benchmark, configs=[CONFIG], store=store,
+                          results={CONFIG: {first: result, second: result}})  # both predict alike
+    assert [r.entry.method for r in added] == [REFERENCE_METHODS[first]]
+    assert [e.method for e in store.entries()] == [REFERENCE_METHODS[first]]
+
+
 def test_reference_baselines_carry_the_standard_split_and_the_paper_protocol(tmp_path, synthetic_benchmark, truth,
                                                                             capsys):
     store = SQLiteStore(tmp_path / "lb.sqlite")
