@@ -44,6 +44,7 @@ from .micro_datasets import (FolderSource, HFImageSource, ImageSource, Synthetic
                              check_micro_datasets, source_for)
 from .distributed import shard_groups
 from .plan import PlannedModel, groups_of, pending, plan_config
+from .synthetic_images import SYNTHETIC_VERSION
 from .train import torch_threads, train_units
 from .write import ConfigStore, prepare_out, render, snapshot_rows, writing_into
 
@@ -145,7 +146,7 @@ def _backbone_identity(source: str) -> str:
 
 def _source_identity(source: ImageSource) -> str:
     if isinstance(source, SyntheticSource):
-        return "synthetic-v1"
+        return f"synthetic-v{SYNTHETIC_VERSION}-{source.kind}-{source.first_class}"
     if isinstance(source, FolderSource):
         return f"folder:{source.root.name}"
     if isinstance(source, HFImageSource):

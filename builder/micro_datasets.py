@@ -108,40 +108,75 @@ def _class_word(name: str) -> str:
 
 # ----------------------------------------------------------------------------- sources
 
+#: The synthetic image sources a config can name, and what they stand for: the kind of
+#: micro-dataset (``synthetic_images.KINDS``) and the first class their micro-datasets take.
+#: Objects and classes use disjoint classes, as the paper's Concept101 and ImageNet hold
+#: different things.
+SYNTHETIC_SOURCES: dict[str, tuple[str, int]] = {
+    "synthetic-classes": ("class", 0),      # ImageNet's stand-in: many things of one kind
+    "synthetic-objects": ("object", 512),   # Concept101's stand-in: one particular object
+    "synthetic-drawings": ("drawing", 512),  # one object on a plain background (bench/miniature.py)
+}
+
+
 class SyntheticSource(ImageSource):
-    """Procedural concepts ``concept-00``, ``concept-01``, ...: deterministic, any resolution."""
+    """Procedural micro-datasets ``concept-00``, ``concept-01``, ...: deterministic, any resolution.
+
+    ``kind`` is ``"class"`` (every image a different thing of one class) or ``"object"`` (one
+    particular object in different scenes); ``first_class`` is the class of ``concept-00``.
+    """
 
     def __init__(self, resolution: int, num_concepts: int = 100,
-                 images_per_concept: int = SYNTHETIC_IMAGES_PER_CONCEPT):
+                 images_per_concept: int = SYNTHETIC_IMAGES_PER_CONCEPT, kind: str = "class", first_class: int = 0):
+        from .synthetic_images import KINDS, PRETRAIN_CLASSES
+
+        if kind not in KINDS:
+            raise MicroDatasetError(f"unknown synthetic kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if not 0 <= first_class <= PRETRAIN_CLASSES - num_concepts:
+            raise MicroDatasetError(f"synthetic classes {first_class}..{first_class + num_concepts - 1} are not all "
+                                    f"among the backbone's {PRETRAIN_CLASSES} pre-training classes")
         self.resolution = resolution
         self.num_concepts = num_concepts
         self.images_per_concept = images_per_concept
-        self.description = f"the synthetic source ({num_concepts} concepts)"
+        self.kind = kind
+        self.first_class = first_class
+        self.description = f"the synthetic source ({num_concepts} {kind} concepts)"
+
+    @classmethod
+    def named(cls, name: str, resolution: int, num_concepts: int = 100) -> "SyntheticSource":
+        """The source a config's ``image_source`` names (:data:`SYNTHETIC_SOURCES`)."""
+        kind, first = SYNTHETIC_SOURCES[name]
+        return cls(resolution, num_concepts=num_concepts, kind=kind, first_class=first)
 
     def names(self) -> list[str]:
         return [f"concept-{i:02d}" for i in range(self.num_concepts)]
 
     def _index(self, name: str) -> int:
         match = re.fullmatch(r"concept-(\d+)", name)
-        if not match:
-            raise MicroDatasetError(f"{name!r} is not a synthetic concept name (concept-NN)")
-        return int(match[1])
+        if not match or int(match[1]) >= self.num_concepts:
+            raise MicroDatasetError(f"{name!r} is not a synthetic concept name (concept-00 .. "
+                                    f"concept-{self.num_concepts - 1:02d})")
+        return self.first_class + int(match[1])
 
     def image_ids(self, name: str) -> list[str]:
         return [f"{name}/{j:04d}" for j in range(self.images_per_concept)]
 
     def class_word(self, name: str) -> str:
-        from .synthetic_images import concept_style
+        from .synthetic_images import class_word
 
-        return concept_style(self._index(name)).class_word
+        return class_word(self._index(name))
+
+    def array(self, image_id: str) -> np.ndarray:
+        """The image as a (R, R, 3) uint8 array."""
+        from .synthetic_images import concept_image
+
+        name, _, image = image_id.partition("/")
+        return concept_image(self._index(name), int(image), self.resolution, kind=self.kind)
 
     def load(self, image_id: str):
         from PIL import Image
 
-        from .synthetic_images import concept_image
-
-        name, _, image = image_id.partition("/")
-        return Image.fromarray(concept_image(self._index(name), int(image), self.resolution))
+        return Image.fromarray(self.array(image_id))
 
 
 class FolderSource(ImageSource):
@@ -230,8 +265,9 @@ def source_for(cfg: BenchmarkConfig, images: str | None = None, image_dataset: s
         return FolderSource(images)
     if image_dataset:
         return HFImageSource(image_dataset, label_column=label_column, image_column=image_column, split=split)
-    if cfg.image_source == "synthetic":
-        return SyntheticSource(cfg.recipe.resolution, num_concepts=max(100, cfg.num_micro_datasets))
+    if cfg.image_source in SYNTHETIC_SOURCES:
+        return SyntheticSource.named(cfg.image_source, cfg.recipe.resolution,
+                                     num_concepts=max(100, cfg.num_micro_datasets))
     raise MicroDatasetError(
         f"{cfg.name} fine-tunes on {cfg.image_source} images, which cannot be downloaded here: pass "
         f"--images DIR (one sub-folder per concept) or --image-dataset NAME with a label column.")

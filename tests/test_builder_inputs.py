@@ -18,7 +18,8 @@ from builder_fixtures import TEST_CONFIG, test_cfg  # noqa: F401 - fixture
 from lora_wise.builder.build import BuildOptions, build
 from lora_wise.builder.micro_datasets import (FolderSource, HFImageSource, MicroDataset, MicroDatasetError, SyntheticSource,
                                     draw_image_ids, load_pixels, preprocess)
-from lora_wise.builder.synthetic_images import concept_image, concept_style
+from lora_wise.builder.synthetic_images import (KINDS, MAX_CLASSES, PRETRAIN_CLASSES, TEXTURES, Appearance,
+                                                 class_word, concept_image, generic_batch, object_appearance)
 from lora_wise.builder.write import BUILD_DIR
 from lora_wise.cli import main
 
@@ -46,17 +47,42 @@ def _build_expecting(tmp_path, match: str, **options):
 
 
 def test_synthetic_concepts_are_deterministic_distinct_and_plentiful():
-    assert np.array_equal(concept_image(3, 17, 32), concept_image(3, 17, 32))
+    for kind in KINDS:
+        assert np.array_equal(concept_image(3, 17, 32, kind), concept_image(3, 17, 32, kind))
     digests = {hashlib.sha1(concept_image(5, j, 16).tobytes()).hexdigest() for j in range(1000)}
     assert len(digests) == 1000  # 1000 distinct images for the high range
-    styles = [concept_style(i) for i in range(20)]
-    assert len({(s.shape, s.colour_name) for s in styles}) == 20
-    # images of one concept are closer to each other than to another concept's
-    a = np.stack([concept_image(0, j, 32) for j in range(8)]).astype(float)
-    b = np.stack([concept_image(1, j, 32) for j in range(8)]).astype(float)
-    within = np.abs(a.mean(0) - a[:4].mean(0)).mean()
-    across = np.abs(a.mean(0) - b.mean(0)).mean()
-    assert across > 3 * within
+    with pytest.raises(ValueError, match="unknown micro-dataset kind"):
+        concept_image(0, 0, 16, "photo")
+
+
+def test_class_words_are_distinct_pseudo_words():
+    words = [class_word(i) for i in range(MAX_CLASSES)]
+    assert len(set(words)) == MAX_CLASSES and all(w.isalpha() and len(w) == 6 for w in words)
+    assert class_word(0) != class_word(1)
+    with pytest.raises(ValueError, match="outside"):
+        class_word(MAX_CLASSES)
+
+
+def test_objects_keep_their_look_classes_change_theirs_and_drawings_have_plain_backgrounds():
+    # a drawing: one object on a plain background -- its corners are one colour (up to pixel noise)
+    drawing = concept_image(7, 0, 32, "drawing").astype(float)
+    assert drawing[:3, :3].reshape(-1, 3).std(axis=0).max() < 15
+    scene = concept_image(7, 0, 32, "class").astype(float)
+    assert scene[:, :].reshape(-1, 3).std(axis=0).mean() > drawing[:3, :3].reshape(-1, 3).std(axis=0).mean()
+    # the particular object keeps its appearance; a class draws one per image
+    look = object_appearance(7)
+    assert look == object_appearance(7) and look != object_appearance(8)
+    rng = np.random.default_rng(0)
+    assert len({Appearance.draw(rng).texture for _ in range(40)}) == len(TEXTURES)
+    relit = {look.relit(np.random.default_rng(k)) for k in range(5)}
+    assert {r.texture for r in relit} == {look.texture} and len({r.colour for r in relit}) == 5
+
+
+def test_pretraining_scenes_are_captioned_with_their_class_word():
+    images, captions = generic_batch(16, 24, np.random.default_rng(3))
+    assert images.shape == (16, 24, 24, 3) and images.dtype == np.uint8
+    known = {class_word(i) for i in range(PRETRAIN_CLASSES)}
+    assert all(c.startswith("a photo of a ") and c.removeprefix("a photo of a ") in known for c in captions)
 
 
 def test_image_draws_are_random_without_replacement_and_reproducible():
@@ -157,4 +183,12 @@ def test_synthetic_source_serves_the_config(test_cfg):  # noqa: F811
     source = SyntheticSource(32)
     micros = source.micro_datasets(test_cfg)
     assert [m.name for m in micros] == ["concept-00", "concept-01", "concept-02", "concept-03"]
-    assert micros[2].class_word == concept_style(2).shape and len(micros[0].image_ids) == 1000
+    assert micros[2].class_word == class_word(2) and len(micros[0].image_ids) == 1000
+    # the objects of the low range are other classes than the classes of the medium range
+    objects = SyntheticSource.named("synthetic-objects", 32)
+    assert objects.kind == "object" and objects.class_word("concept-02") == class_word(512 + 2)
+    assert np.array_equal(np.asarray(objects.load("concept-02/0005")), concept_image(514, 5, 32, "object"))
+    with pytest.raises(MicroDatasetError, match="not a synthetic concept name"):
+        objects.class_word("concept-100")
+    with pytest.raises(MicroDatasetError, match="pre-training classes"):
+        SyntheticSource(32, num_concepts=100, first_class=1000)
