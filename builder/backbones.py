@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -37,9 +38,13 @@ from lora_wise.configs import MINIATURE
 from lora_wise.errors import BackboneError, DeviceError
 
 #: Bump when the miniature architecture or its pre-training changes: old caches are then ignored.
-MINI_VERSION = 2
+#: v3: pre-trained on scenes of silhouette classes (``synthetic_images``) with the learning rate
+#: annealed to zero, on a pool of 8192 images (v2: drawings of coloured shapes, constant rate, 512).
+MINI_VERSION = 3
 #: Written beside the pipeline: the spec and how long pre-training took.
 INFO_FILE = "lora_wise_backbone.json"
+#: Learning-rate schedules of the UNet's pre-training (after a linear warm-up of 5% of the steps).
+LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,35 @@ class MiniBackboneSpec:
     resolution: int = 32
     learning_rate: float = 1e-3
     vae_learning_rate: float = 3e-3
+    #: Distinct pre-training images, rendered once.
+    pool_size: int = 8192
+    #: ``"cosine"`` anneals the UNet's learning rate to zero, so the backbone ends at rest on its
+    #: distribution, as a released model is: fine-tuning it then moves it only where the
+    #: fine-tuning images ask.  Stopped at a constant rate, every fine-tune first finishes the
+    #: pre-training, in one direction shared by all models (docs/miniature.md).
+    lr_schedule: str = "cosine"
+    #: UNet width of each resolution level; every level but the lowest has cross-attention
+    #: (SD 1.5: 320, 640, 1280, 1280).
+    channels: tuple[int, ...] = (32, 64)
+    #: Attention heads per transformer block (diffusers' ``attention_head_dim`` of SD 1.x counts
+    #: heads): two heads of 16 or 32 channels run ~20% faster on a CPU than eight of 4 or 8.
+    attention_heads: int = 2
+    #: End of the DDPM beta schedule ("scaled_linear" from 0.00085; SD 1.5 ends at 0.012).  8 x 8
+    #: latents lose their content at a lower noise level than SD's 64 x 64, so the miniature
+    #: noises less: at 0.004 fewer of its training steps see only noise (bench/miniature.py).
+    beta_end: float = 0.004
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
+        if len(self.channels) < 2:
+            raise ValueError("the miniature UNet needs at least two resolution levels")
 
     def key(self) -> str:
-        return (f"mini-sd-v{MINI_VERSION}-seed{self.seed}-res{self.resolution}-vae{self.vae_steps}"
-                f"-unet{self.pretrain_steps}x{self.batch_size}-lr{self.learning_rate:g}-{self.vae_learning_rate:g}")
+        width = "-".join(str(c) for c in self.channels)
+        return (f"mini-sd-v{MINI_VERSION}-seed{self.seed}-res{self.resolution}-unet{width}h{self.attention_heads}"
+                f"-beta{self.beta_end:g}-vae{self.vae_steps}-pre{self.pretrain_steps}x{self.batch_size}"
+                f"-pool{self.pool_size}-{self.lr_schedule}-lr{self.learning_rate:g}-{self.vae_learning_rate:g}")
 
 
 #: The default miniature backbone of the mini_* configs.
@@ -80,8 +110,8 @@ def sd_pipeline_class():
     return StableDiffusionPipeline
 
 
-#: Tokens per prompt: enough for the byte-level tokenizer's ``a photo of sks <word>``.
-MINI_MAX_TOKENS = 40
+#: Tokens per prompt: enough for the byte-level tokenizer's ``a photo of sks <word>`` (one token a byte).
+MINI_MAX_TOKENS = 32
 TEXT_HIDDEN = 32
 
 
@@ -139,12 +169,15 @@ def create_miniature_pipeline(spec: MiniBackboneSpec = DEFAULT_MINI_SPEC):
     latent = spec.resolution // 4
     # SD's pattern in small: cross-attention blocks outside, a plain ResNet block at the bottom,
     # a cross-attention mid block; module paths match SD's (down_blocks.0.attentions.0....attn1.to_q).
+    levels = len(spec.channels)
     unet = UNet2DConditionModel(
         sample_size=latent, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), mid_block_type="UNetMidBlock2DCrossAttn",
-        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, norm_num_groups=16)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        block_out_channels=tuple(spec.channels),
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=spec.attention_heads, norm_num_groups=16)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=spec.beta_end,
                               beta_schedule="scaled_linear", clip_sample=False,
                               steps_offset=1, prediction_type="epsilon")
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -174,8 +207,9 @@ def encode_text(pipe, prompts: list[str]):
 def pretrain_miniature(pipe, spec: MiniBackboneSpec = DEFAULT_MINI_SPEC, progress: bool = True) -> dict:
     """Pre-train the VAE (reconstruction + KL) then the UNet (DDPM noise prediction) in place.
 
-    Data: a pool of generic procedural images with captions (``synthetic_images.generic_batch``),
-    never the benchmark's concepts.  Returns timings.
+    Data: a pool of ``spec.pool_size`` scenes of the pre-training classes with their captions
+    (``synthetic_images.generic_batch``), never a micro-dataset's images.  The UNet's learning rate
+    warms up over 5% of the steps, then follows ``spec.lr_schedule``.  Returns timings.
     """
     import numpy as np
     import torch
@@ -187,7 +221,7 @@ def pretrain_miniature(pipe, spec: MiniBackboneSpec = DEFAULT_MINI_SPEC, progres
     timings = {}
     data_rng = np.random.default_rng([spec.seed, 0xBAC])
     gen = torch.Generator().manual_seed(spec.seed)
-    pool_size = max(512, 2 * spec.batch_size)
+    pool_size = max(spec.pool_size, 2 * spec.batch_size)
     images, captions = generic_batch(pool_size, spec.resolution, data_rng)
     pixels = _to_pixels(images)
 
@@ -226,7 +260,15 @@ def pretrain_miniature(pipe, spec: MiniBackboneSpec = DEFAULT_MINI_SPEC, progres
     unet.train().requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=spec.learning_rate, weight_decay=1e-2)
     warmup = max(1, spec.pretrain_steps // 20)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+
+    def rate(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if spec.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, spec.pretrain_steps - warmup)))
+        return 1.0
+
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     scale = vae.config.scaling_factor
     for _ in tqdm(range(spec.pretrain_steps), desc="pre-training miniature UNet", disable=not progress,
                   unit="step", leave=False):

@@ -25,7 +25,7 @@ from lora_wise.builder.backbones import MiniBackboneSpec, miniature_backbone
 
 TEST_CONFIG = "mini_builder_test"
 #: Pre-trained briefly (about 20 s on 2 cores) yet enough that LoRA norms fall with dataset size.
-TINY_SPEC = MiniBackboneSpec(seed=0, pretrain_steps=150, vae_steps=60, batch_size=16)
+TINY_SPEC = MiniBackboneSpec(seed=0, pretrain_steps=150, vae_steps=60, batch_size=16, pool_size=512)
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
 
@@ -33,7 +33,7 @@ REPO_DIR = TESTS_DIR.parent
 def make_test_config() -> BenchmarkConfig:
     return BenchmarkConfig(
         name=TEST_CONFIG, description="Builder tests: 4 synthetic concepts, sizes 1, 2, 4; 4 steps.",
-        data_range="low", dataset_sizes=(1, 2, 4), image_source="synthetic", backbone=registry.MINIATURE,
+        data_range="low", dataset_sizes=(1, 2, 4), image_source="synthetic-classes", backbone=registry.MINIATURE,
         backbone_name="mini-sd", rank=4, recipe=dataclasses.replace(MINI_RECIPE, max_train_steps=4),
         snapshot_steps=(2, 4), checkpoint_step=4, num_micro_datasets=4, num_train_micro_datasets=2,
         miniature=True)

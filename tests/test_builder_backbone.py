@@ -55,7 +55,7 @@ def test_pretraining_teaches_the_unet_to_denoise():
     from lora_wise.builder.backbones import encode_text, pretrain_miniature
     from lora_wise.builder.synthetic_images import generic_batch
 
-    spec = MiniBackboneSpec(seed=1, pretrain_steps=60, vae_steps=40, batch_size=8)
+    spec = MiniBackboneSpec(seed=1, pretrain_steps=60, vae_steps=40, batch_size=8, pool_size=64)
     pipe = create_miniature_pipeline(spec)
     images, captions = generic_batch(32, 32, np.random.default_rng(99))
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
