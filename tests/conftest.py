@@ -35,6 +35,6 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synthetic_benchmark(tmp_path_factory):
-    """A folder holding a synthetic build of mini_low_r8 (all 20 micro-datasets) and mini_medium_r8."""
+    """A folder holding a synthetic build of mini_low_r8 and mini_medium_r8 (all 50 micro-datasets each)."""
     root = tmp_path_factory.mktemp("bench") / "lora-wise"
     return write_synthetic_benchmark(root, configs=("mini_low_r8", "mini_medium_r8"))

@@ -25,7 +25,7 @@ from lora_wise.leaderboard.store import SQLiteStore
 from lora_wise.protocol import blind, run_protocol
 from lora_wise.splits import draws
 
-CONFIG = "mini_low_r8"  # sizes 1..6: 84 test models per draw, 14 of each size
+CONFIG = "mini_low_r8"  # sizes 1..6: 210 test models per draw, 35 of each size
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ class Keep:
         return np.full(len(test), self.size)
 
 
-#: An upper bound of chance accuracy: 14 of 84 (1/6) expected, so 0.35 is more than 4 standard deviations above.
+#: An upper bound of chance accuracy: 35 of 210 (1/6) expected, so 0.35 is more than 7 standard deviations above.
 CHANCE = 0.35
 
 

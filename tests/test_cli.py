@@ -14,6 +14,7 @@ import pytest
 
 from lora_wise.cli import build_parser, main
 from lora_wise.configs import iter_configs
+from lora_wise.splits import standard_split
 
 
 def run_cli(*args, cwd=None):
@@ -51,7 +52,7 @@ def test_baseline_command_prints_metrics_and_writes_predictions(synthetic_benchm
     printed = capsys.readouterr().out
     assert "paper protocol, 10 draws" in printed and "MAE" in printed and "±" in printed
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 14 * 6 and set(rows[0]) == {"model_id", "prediction"}
+    assert len(rows) == len(standard_split("mini_low_r8").test) * 6 and set(rows[0]) == {"model_id", "prediction"}
     assert main(["baseline", "frobenius-nn", str(synthetic_benchmark), "mini_low_r8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["method"] == "frobenius-nn" and set(result["summary"]) == {"mae", "mape", "accuracy"}

@@ -36,9 +36,9 @@ def test_load_dataset_round_trip_from_the_parent_folder(synthetic_benchmark, mon
 
 def test_labels_and_feature_table(synthetic_benchmark):
     test = labels(synthetic_benchmark, "mini_low_r8", "test")
-    assert len(test.model_ids) == 14 * 6 and len(set(test.model_ids)) == len(test.model_ids)
+    assert len(test.model_ids) == len(standard_split("mini_low_r8").test) * 6 and len(set(test.model_ids)) == len(test.model_ids)
     table = feature_table(synthetic_benchmark, "mini_low_r8")
-    assert len(table) == 120 and table.sv["BA"].shape[1:] == (8, 8)
+    assert len(table) == 50 * 6 and table.sv["BA"].shape[1:] == (8, 8)
     row = table.model_ids.index(test.model_ids[0])
     weights = read_lora(synthetic_lora(int(table.dataset_sizes[row]), 0, 8))  # any model: shapes
     assert table.layer_names == tuple(weights)
@@ -53,7 +53,7 @@ def test_aliases_unknown_configs_and_steps(synthetic_benchmark, tmp_path):
         load_benchmark(synthetic_benchmark, "medium_32")
     with pytest.raises(UnknownConfigError, match="unknown config 'mini_lo'"):
         load_benchmark(synthetic_benchmark, "mini_lo")
-    with pytest.raises(DatasetLayoutError, match="no snapshots at step 7.*100"):
+    with pytest.raises(DatasetLayoutError, match=f"no snapshots at step 7.*{get_config('mini_low_r8').checkpoint_step}"):
         labels(synthetic_benchmark, "mini_low_r8", "test", step=7)
     with pytest.raises(DatasetLayoutError, match="give a step number"):
         labels(synthetic_benchmark, "mini_low_r8", "test", step="latest")
@@ -76,7 +76,7 @@ def test_one_row_per_model_by_default_and_every_snapshot_in_the_snapshots_config
     for split in ("train", "test"):
         assert len(set(default[split]["model_id"])) == len(default[split])
         assert set(default[split]["step"]) == {cfg.checkpoint_step}
-        assert len(snapshots[split]) == 3 * len(default[split])
+        assert len(snapshots[split]) == len(cfg.snapshot_steps) * len(default[split])
         assert sorted(set(snapshots[split]["step"])) == list(cfg.snapshot_steps)
     assert default["test"][0]["step"] == cfg.checkpoint_step  # the README's first row is a checkpoint
     # the readers pick the view from the step
@@ -87,10 +87,10 @@ def test_one_row_per_model_by_default_and_every_snapshot_in_the_snapshots_config
     assert set(feature_table(tmp_path, "mini_low_r8", step=other).steps.tolist()) == {other}
     for every in (None, "all"):
         table = feature_table(tmp_path, "mini_low_r8", step=every)
-        assert len(table) == 3 * len(checkpoint) and set(table.steps.tolist()) == set(cfg.snapshot_steps)
+        assert len(table) == len(cfg.snapshot_steps) * len(checkpoint) and set(table.steps.tolist()) == set(cfg.snapshot_steps)
     assert labels(tmp_path, "mini_low_r8", "test", step=other).model_ids == labels(tmp_path, "mini_low_r8",
                                                                                  "test").model_ids
-    assert len(load_benchmark(tmp_path, "mini_low_r8_snapshots", "test")) == 3 * len(labels(tmp_path, "mini_low_r8",
+    assert len(load_benchmark(tmp_path, "mini_low_r8_snapshots", "test")) == len(cfg.snapshot_steps) * len(labels(tmp_path, "mini_low_r8",
                                                                                          "test").model_ids)
     # the features of a checkpoint row are those of the same snapshot in the snapshots config
     everything = feature_table(tmp_path, "mini_low_r8", step=None)
@@ -186,9 +186,11 @@ def test_a_rebuilt_folder_and_a_namesake_folder_are_not_read_from_a_stale_cache(
 
     first = tmp_path / "a" / "lora-wise"
     build(first, 4)
-    assert len(labels(first, "mini_low_r8", "test").model_ids) == 1 * 6  # of 0-3, only 1 is a test index
+    assert len(labels(first, "mini_low_r8", "test").model_ids) == \
+        len([i for i in range(4) if i in standard_split("mini_low_r8").test]) * 6
     build(first, 20)  # rebuilt in place, same card
-    assert len(labels(first, "mini_low_r8", "test").model_ids) == 14 * 6
+    assert len(labels(first, "mini_low_r8", "test").model_ids) == \
+        len([i for i in range(20) if i in standard_split("mini_low_r8").test]) * 6
     namesake = tmp_path / "b" / "lora-wise"
     build(namesake, 8)
     expected = len([i for i in range(8) if i in standard_split("mini_low_r8").test]) * 6
@@ -198,7 +200,7 @@ def test_a_rebuilt_folder_and_a_namesake_folder_are_not_read_from_a_stale_cache(
 def test_labels_read_only_label_columns_streaming_or_not(synthetic_benchmark):
     streamed = labels(synthetic_benchmark, "mini_medium_r8", "train", streaming=True)
     loaded = labels(synthetic_benchmark, "mini_medium_r8", "train", streaming=False)
-    assert streamed.model_ids == loaded.model_ids and len(loaded.model_ids) == 6 * 6
+    assert streamed.model_ids == loaded.model_ids and len(loaded.model_ids) == 15 * 6
     assert np.array_equal(streamed.dataset_sizes, loaded.dataset_sizes)
     ds = load_benchmark(synthetic_benchmark, "mini_medium_r8", "train", columns=["model_id", "step"])
     assert ds.column_names == ["model_id", "step"]
@@ -218,7 +220,7 @@ def test_labels_read_only_label_columns_streaming_or_not(synthetic_benchmark):
     ("medium_r32", "dsire", {"normalize": "none"}, 1200, None),
     ("medium_r32", "dsire", {"vote": "average", "matrices": "A"}, 1200, None),
     ("medium_r32", "frobenius-nn", {"vote": "average"}, 1200, None),
-    ("mini_medium_r8", "dsire", {}, 100, None),
+    ("mini_medium_r8", "dsire", {}, 300, None),
 ])
 def test_the_paper_figure_beside_a_run_is_the_row_of_that_exact_experiment(config, method, params, step, expected):
     from lora_wise.paper import paper_result

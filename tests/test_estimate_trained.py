@@ -34,7 +34,7 @@ LONG, SHORTER = 48, 2
 def _config() -> BenchmarkConfig:
     return BenchmarkConfig(
         name=CONFIG, description="Estimate tests: 32 synthetic concepts, sizes 1, 2, 4; snapshots at 2, 6, 12, 48.",
-        data_range="low", dataset_sizes=(1, 2, 4), image_source="synthetic", backbone=registry.MINIATURE,
+        data_range="low", dataset_sizes=(1, 2, 4), image_source="synthetic-classes", backbone=registry.MINIATURE,
         backbone_name="mini-sd", rank=4, recipe=dataclasses.replace(MINI_RECIPE, max_train_steps=LONG),
         snapshot_steps=(SHORTER,) + SHORT + (LONG,), checkpoint_step=SHORT[-1], num_micro_datasets=MICRO_DATASETS,
         num_train_micro_datasets=8, miniature=True)

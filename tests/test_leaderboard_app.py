@@ -31,6 +31,7 @@ from lora_wise.leaderboard.entries import Entry
 from lora_wise.leaderboard.store import SQLiteStore, ranked_entries
 from lora_wise.data import labels
 from lora_wise.splits import draws
+from lora_wise.splits import standard_split
 
 CONFIG = "mini_low_r8"
 CHROMIUM = "/usr/bin/chromium"
@@ -107,7 +108,7 @@ def test_view_shows_configs_tables_and_validation_errors(store, synthetic_benchm
     assert view.table("mini_medium_r8").empty
     assert view.confusion_figure("mini_medium_r8", None) is None
     fig = view.confusion_figure(CONFIG, None)
-    assert fig.axes[0].images[0].get_array().sum() == 84  # every test model counted once
+    assert fig.axes[0].images[0].get_array().sum() == len(standard_split("mini_low_r8").test) * 6  # every test model counted once
 
     ok, message = view.submit_upload(str(write_predictions(tmp_path / "bad.csv", synthetic_benchmark, skip=4)),
                                      "m", "", "", CONFIG)
@@ -252,7 +253,7 @@ def test_browser_upload_adds_a_row_and_a_bad_file_shows_its_error(served, synthe
 
     status = _upload(page, bad, "bad-method")
     assert status.startswith("Not stored:")
-    assert "7 models have no prediction among the 84 of the test split of mini_low_r8" in status
+    assert f"7 models have no prediction among the {len(standard_split('mini_low_r8').test) * 6} of the test split of mini_low_r8" in status
     status = _upload(page, good, "browser-method again")
     assert status.startswith("Not stored:") and "already on the leaderboard" in status
     page.get_by_role("tab", name=CONFIG).click()

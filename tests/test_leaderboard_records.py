@@ -16,7 +16,7 @@ from lora_wise.errors import ResultsRecordError
 from lora_wise.leaderboard.scoring import submit
 from lora_wise.leaderboard.store import SQLiteStore, ranked_entries
 from lora_wise.leaderboard.submission import SubmissionError
-from lora_wise.splits import draws
+from lora_wise.splits import draws, standard_split
 
 CONFIG = "mini_low_r8"
 
@@ -134,7 +134,7 @@ def _swap_first(draw):
      lambda r: r["draws"][2]["predictions"].pop(next(iter(r["draws"][2]["predictions"]))),
      r"1 model has no prediction among the \d+ of the test micro-datasets of draw 2 of mini_low_r8"),
     ("a model of another draw",
-     lambda r: r["draws"][0]["predictions"].update({"mini_low_r8/concept-00/n1": 1.0}),
+     lambda r: r["draws"][0]["predictions"].update({f"mini_low_r8/concept-{standard_split('mini_low_r8').train[0]:02d}/n1": 1.0}),
      r"1 model id is not in the test micro-datasets of draw 0 of mini_low_r8"),
     ("another checkpoint", lambda r: r["dataset"].update(checkpoint_step=50),
      r"evaluated with checkpoint_step 50, but the leaderboard scores mini_low_r8 with checkpoint_step"),

@@ -16,7 +16,7 @@ from lora_wise.leaderboard.submission import MAX_BYTES, SubmissionError, read_su
 from lora_wise.leaderboard.scoring import submit
 from lora_wise.cli import main
 from lora_wise.data import labels
-from lora_wise.splits import draws
+from lora_wise.splits import draws, standard_split
 
 CONFIG = "mini_low_r8"
 
@@ -146,10 +146,10 @@ def _bad_cases(tmp_path, truth):
     good = {m: float(s) for m, s in truth.items()}
     cases = {
         "missing ids": (write_csv(tmp_path / "missing.csv", {m: good[m] for m in ids[5:]}), [],
-                        r"5 models have no prediction among the 84 of the test split of mini_low_r8"),
+                        rf"5 models have no prediction among the {len(standard_split('mini_low_r8').test) * 6} of the test split of mini_low_r8"),
         "unknown ids": (write_csv(tmp_path / "unknown.csv", {**good, "mini_low_r8/concept-99/n1": 1.0}), [],
                         r"1 model id is not in the test split of mini_low_r8 .*'mini_low_r8/concept-99/n1'"),
-        "train ids on test": (write_csv(tmp_path / "train.csv", {"mini_low_r8/concept-00/n1": 1.0}), [],
+        "train ids on test": (write_csv(tmp_path / "train.csv", {f"mini_low_r8/concept-{standard_split('mini_low_r8').train[0]:02d}/n1": 1.0}), [],
                               r"not in the test split.*check --config and --split"),
         "duplicate ids": (tmp_path / "dup.csv", [], r"1 model id appears more than once"),
         "non-numeric": (tmp_path / "text.csv", [], r"1 prediction is not a number \(line 2: 'many'\)"),

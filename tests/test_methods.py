@@ -24,7 +24,8 @@ from lora_wise.errors import LoRAWiSEError, MethodError
 from lora_wise.methods import Method, ModelSet, load_method
 from lora_wise.metrics.dataset_size_recovery import compute_metrics
 from lora_wise.protocol import run_protocol
-from lora_wise.splits import draws
+from lora_wise.configs import get_config
+from lora_wise.splits import draws, standard_split
 
 CONFIG = "mini_low_r8"
 
@@ -94,7 +95,7 @@ def test_a_method_sees_model_sets_and_the_test_set_has_no_labels(synthetic_bench
     shown, expected = test.norms("B"), table.norms["B"][table.rows_of(split.test)]
     assert sorted(row.tobytes() for row in shown) == sorted(row.tobytes() for row in expected)
     assert not any(hasattr(test, a) for a in ("sizes", "dataset_sizes", "labels", "references"))
-    assert len(test) == 14 * 6 and test.norms().shape == (len(test), 8) and test.spectra("A").shape == (len(test), 8, 8)
+    assert len(test) == len(standard_split("mini_low_r8").test) * 6 and test.norms().shape == (len(test), 8) and test.spectra("A").shape == (len(test), 8, 8)
     # the features are those of the weights: ||BA||_F and the singular values of A, computed directly
     for i in (0, len(test) - 1):
         lora = test.weights(i)
@@ -141,7 +142,7 @@ def test_a_method_that_breaks_the_interface_is_one_clear_error(table):
         def predict(self, test):
             return -np.ones(len(test))
 
-    with pytest.raises(MethodError, match="1 predictions for 84 test models"):
+    with pytest.raises(MethodError, match=f"1 predictions for {len(standard_split(CONFIG).test) * 6} test models"):
         run_protocol(table, CONFIG, Short, protocol="standard")
     with pytest.raises(MethodError, match="finite positive number"):
         run_protocol(table, CONFIG, Negative, protocol="standard")
@@ -169,7 +170,7 @@ def test_evaluate_writes_a_record_that_an_independent_computation_confirms(synth
     record = lora_wise.evaluate(f"{method_file}:NearestMeanNorm", synthetic_benchmark, CONFIG, params={"power": 2},
                                 out=out)
     assert results.read(out) == record
-    assert record["dataset"] == {"source": "lora-wise", "config": CONFIG, "checkpoint_step": 100, "split_seed": 42,
+    assert record["dataset"] == {"source": "lora-wise", "config": CONFIG, "checkpoint_step": get_config(CONFIG).checkpoint_step, "split_seed": 42,
                                  "fingerprint": record["dataset"]["fingerprint"]}
     assert record["method"] == {"name": "NearestMeanNorm", "class": "my_method.py:NearestMeanNorm",
                                 "params": {"power": 2}}
@@ -288,6 +289,6 @@ def _record_with(dataset: dict) -> dict:
     split = draws(CONFIG, 1)[0]
     draw = {"draw": 0, "train_micro_datasets": list(split.train), "test_micro_datasets": list(split.test),
             "metrics": {"mae": 0.5, "mape": 0.1, "accuracy": 0.5}, "predictions": {"m": 2}}
-    return results.new_record(dataset={"config": CONFIG, "checkpoint_step": 100, **dataset},
+    return results.new_record(dataset={"config": CONFIG, "checkpoint_step": get_config(CONFIG).checkpoint_step, **dataset},
                               method={"name": "x", "class": "x.py:X", "params": {}}, protocol="standard",
                               draws=[draw])

@@ -14,6 +14,7 @@ import pytest
 from safetensors.numpy import load, save
 
 from lora_wise.baselines import DSiRe
+from lora_wise.configs import get_config
 from lora_wise.cli import main
 from lora_wise.data import feature_table, load_benchmark
 from lora_wise.estimate import DatasetSizeEstimator, EstimateWarning, IncompatibleLoRAError, estimate_dataset_size
@@ -73,7 +74,7 @@ def test_estimate_matches_the_baseline_fitted_on_the_reference(estimator, synthe
     votes = model.classifier_votes(query)[0]
     assert est.prediction == int(model.predict(query)[0])
     assert est.votes == {s: int((votes == s).sum()) for s in (1, 2, 3, 4, 5, 6)}
-    assert est.reference_models == len(table) == 120
+    assert est.reference_models == len(table) == 50 * 6
 
 
 def test_estimates_follow_the_dataset_size(estimator, tmp_path):
@@ -111,7 +112,7 @@ def test_predict_cli_text_and_json(synthetic_benchmark, reference_rows, tmp_path
     assert result["neighbours"][0]["model_id"] == row["model_id"]
     assert any("largest reference size" in w for w in result["warnings"])
     assert result["interval"]["coverage"] == 0.9 and result["interval"]["low"] <= 6 <= result["interval"]["high"]
-    assert result["in_distribution"] is True and result["estimated_step"] == 100 == row["step"]
+    assert result["in_distribution"] is True and result["estimated_step"] == get_config("mini_low_r8").checkpoint_step == row["step"]
     continuous = result["continuous_estimate"]
     assert continuous["interval"]["low"] <= continuous["dataset_size"] <= continuous["interval"]["high"]
 

@@ -179,9 +179,9 @@ def test_export_writes_published_layout_and_round_trips(imported, tmp_path):
 
 def test_export_and_import_of_a_miniature_build_through_the_cli(synthetic_benchmark, tmp_path, capsys):
     assert main(["export-official", str(synthetic_benchmark), "mini_low_r8", str(tmp_path / "mini-published")]) == 0
-    assert "exported 120 models of mini_low_r8" in capsys.readouterr().out
+    assert "exported 300 models of mini_low_r8" in capsys.readouterr().out
     table = pq.read_table(tmp_path / "mini-published" / "data" / "mini_low_r8")
-    assert sorted(set(table.column("name").to_pylist())) == list(range(1, 21))  # no names: numbered 1..M
+    assert sorted(set(table.column("name").to_pylist())) == list(range(1, 51))  # no names: numbered 1..M
 
     # imported over a build of the same config: the release has one row per model, and the build's
     # snapshots view (other models) goes with the build's default view
@@ -190,7 +190,7 @@ def test_export_and_import_of_a_miniature_build_through_the_cli(synthetic_benchm
     shutil.copytree(synthetic_benchmark, tmp_path / "mini-round-trip")
     assert (tmp_path / "mini-round-trip" / "data" / "mini_low_r8_snapshots").is_dir()
     assert main(["import-official", str(tmp_path / "mini-published"), str(tmp_path / "mini-round-trip")]) == 0
-    assert "imported 120 models of mini_low_r8 as mini_low_r8" in capsys.readouterr().out
+    assert "imported 300 models of mini_low_r8 as mini_low_r8" in capsys.readouterr().out
     card = (tmp_path / "mini-round-trip" / "README.md").read_text()
     assert "config_name: mini_low_r8\n" in card and "config_name: mini_low_r8_snapshots" not in card
     assert "config_name: mini_medium_r8_snapshots" in card  # the other config keeps both views
