@@ -1,9 +1,11 @@
 """``lora-wise demo``: the whole story on a CPU, in one command.
 
-1. **build** every miniature config with the builder (the miniature backbone is
-   pre-trained and cached on first use; finished models are kept across runs);
+1. **build** every miniature config with the builder, and the medium one again with the
+   paper's flip-augmentation defense (the miniature backbone is pre-trained and cached on
+   first use; finished models are kept across runs);
 2. **run the paper's experiments**: DSiRe and Frobenius-NN under the paper's
-   10-draw protocol, scored with the metric, plus the figures' analyses;
+   10-draw protocol, scored with the metric, DSiRe at the first snapshot too, the figures'
+   analyses and the paper's findings (``lora_wise.findings``);
 3. **fill the leaderboard**: both baselines' standard-split predictions are
    submitted to the local leaderboard as reference entries;
 4. **write the report** (Markdown with figures) and say where it is and how to
@@ -31,6 +33,17 @@ class DemoResult:
     db: str | None = None
 
 
+def demo_configs() -> list[str]:
+    """What the demo builds: every miniature config, and the flip defense of those of the range the
+    paper defended (Table 6: the medium range)."""
+    from .configs import MINIATURE_CONFIGS, get_config
+    from .findings import FLIP_RANGES
+
+    names = list(MINIATURE_CONFIGS)
+    return names + [get_config(n).with_overrides(flip_augmentation=True).name for n in names
+                    if get_config(n).data_range in FLIP_RANGES]
+
+
 def run_demo(out: str = "lora-wise", report_dir: str = DEFAULT_REPORT, configs: Sequence[str] | None = None,
              protocol: str = "paper", db: str | None = None, micro_datasets: int | None = None,
              build_options: dict | None = None, progress: bool = True,
@@ -41,11 +54,11 @@ def run_demo(out: str = "lora-wise", report_dir: str = DEFAULT_REPORT, configs: 
     from lora_wise.leaderboard.entries import format_board
     from lora_wise.leaderboard.store import default_db_path, open_store
 
-    from .configs import MINIATURE_CONFIGS
+    from .configs import get_config
     from .data import feature_table
     from .report import analyse, write_report
 
-    names = list(configs or MINIATURE_CONFIGS)
+    names = list(configs or demo_configs())
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -60,11 +73,22 @@ def run_demo(out: str = "lora-wise", report_dir: str = DEFAULT_REPORT, configs: 
     analyses = []
     step_start = time.perf_counter()
     for name in summary.configs:
+        cfg = get_config(name)
         table = feature_table(out, name, progress=progress)
-        analysis = analyse(table, name, protocol=protocol)
+        first = None
+        if not cfg.recipe.flip_augmentation and len(cfg.snapshot_steps) > 1:
+            first = feature_table(out, name, step=cfg.snapshot_steps[0], progress=progress)
+        analysis = analyse(table, name, protocol=protocol, first_table=first)
         analyses.append(analysis)
         for result in analysis.results.values():
             echo(_indent(result.format()))
+    from .findings import summary as findings_summary
+    from .report import paper_findings
+
+    findings = paper_findings(analyses)
+    echo(f"      The paper's findings on this build: {findings_summary(findings)}")
+    for finding in findings:
+        echo(f"      {'holds' if finding.holds else 'FAILS'}  {finding.source:8s} `{finding.config}`: {finding.ours}")
     timings["experiments"] = time.perf_counter() - step_start
 
     echo("[3/4] Registering both baselines on the local leaderboard")

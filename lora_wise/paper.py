@@ -85,7 +85,23 @@ def paper_counterpart(config: BenchmarkConfig, method: str) -> tuple[PaperResult
     own = paper_result(config, method)
     if own is not None:
         return own, f"paper, Table {own.table}"
+    if config.recipe.flip_augmentation:  # the defense: Table 6, where the paper has it for the range
+        defense = find_paper_result(table=6, data_range=config.size_range, method=method,
+                                    variant="flip-augmentation-defense")
+        if defense is not None:
+            return defense, f"paper, Table 6 (the flip defense, {defense.backbone.upper()}, rank {defense.rank})"
+        return None, "no paper figure (the paper's defense table reports DSiRe only)"
     for row in paper_results():
         if row.table == 2 and row.data_range == config.size_range and row.method == method:
             return row, f"paper, Table 2 ({row.backbone.upper()}, rank {row.rank}, same size range)"
     return None, "no paper figure"
+
+
+def find_paper_result(*, table: int, data_range: str | None = None, method: str = "dsire", variant: str = "",
+                      rank: int | None = None, backbone: str = "sd1.5") -> PaperResult | None:
+    """The paper's row of ``table`` that matches every given field (the first, in the paper's order), or None."""
+    for row in paper_results():
+        if (row.table == table and row.method == method and row.variant == variant and row.backbone == backbone
+                and (data_range is None or row.data_range == data_range) and (rank is None or row.rank == rank)):
+            return row
+    return None

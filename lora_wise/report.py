@@ -1,6 +1,8 @@
 """The paper's experiments on a LoRA-WiSE build, written up as a Markdown report with figures.
 
-For each config: both baselines under the chosen protocol (Table 2 style, beside the paper's
+The report opens with **the paper's findings on this build** (:mod:`lora_wise.findings`): each
+finding, the paper's figure, this build's, and whether it holds, computed from the build.  Then,
+for each config: both baselines under the chosen protocol (Table 2 style, beside the paper's
 numbers), DSiRe's confusion matrix on the standard split (Fig. 4), the Frobenius norm against
 dataset size (Fig. 2a), the accuracy of each layer alone (Fig. 3) and the accuracy against the
 number of training micro-datasets (Fig. 5).  Figures come from ``lora_wise.figures``, the
@@ -18,6 +20,8 @@ import numpy as np
 from .baselines import BASELINES, REFERENCE_BASELINES
 from .configs import BenchmarkConfig, get_config
 from .features import FeatureTable
+from .findings import (Finding, dsire_beats_frobenius, flips_defend, near_paper, norm_falls, summary,
+                       training_helps)
 from .metrics.dataset_size_recovery.scores import compute_metrics, for_display
 from .paper import paper_counterpart
 from .protocol import METRICS, ProtocolResult, run_protocol
@@ -41,13 +45,21 @@ class ConfigAnalysis:
     model_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0))
     family_norms: dict[str, list[float]] = field(default_factory=dict)  # family -> mean |BA|_F per size
     step: int = 0
+    #: DSiRe on the first snapshot's models, for Table 8's comparison (None: not measured).
+    first: ProtocolResult | None = None
+    first_step: int | None = None
 
 
 def analyse(table: FeatureTable, config: str | BenchmarkConfig, protocol: str = "paper",
-            methods: tuple[str, ...] = METHODS) -> ConfigAnalysis:
-    """Run the report's experiments on one config's feature table."""
+            methods: tuple[str, ...] = METHODS, first_table: FeatureTable | None = None) -> ConfigAnalysis:
+    """Run the report's experiments on one config's feature table (its models at the checkpoint).
+
+    ``first_table`` holds the same models at the config's first snapshot step: DSiRe runs on it too,
+    for the finding that training longer helps (Table 8).
+    """
     cfg = get_config(config) if isinstance(config, str) else config
     results = {m: run_protocol(table, cfg, m, protocol=protocol) for m in methods}
+    first = run_protocol(first_table, cfg, "dsire", protocol=protocol) if first_table is not None else None
     standard = results[methods[0]].standard
     confusion = compute_metrics(standard.predictions, standard.references, confusion_matrix=True)["confusion_matrix"]
 
@@ -79,7 +91,45 @@ def analyse(table: FeatureTable, config: str | BenchmarkConfig, protocol: str = 
     return ConfigAnalysis(config=cfg, results=results, confusion=confusion, layer_names=table.layer_names,
                           layer_accuracy=np.asarray(per_layer), train_sizes=sizes, train_size_accuracy=curve,
                           model_norms=table.norms["BA"].mean(axis=1), model_sizes=table.dataset_sizes,
-                          family_norms=family_norms, step=int(table.steps[0]))
+                          family_norms=family_norms, step=int(table.steps[0]), first=first,
+                          first_step=int(first_table.steps[0]) if first_table is not None else None)
+
+
+def paper_findings(analyses: list[ConfigAnalysis]) -> list[Finding]:
+    """Every finding of the paper that these analyses can test (:mod:`lora_wise.findings`).
+
+    A config derived with the flip defense (``<config>-flip``) is compared with its base config
+    when both are here; the other findings are tested on every config that is not such a defense.
+    """
+    by_name = {a.config.name: a for a in analyses}
+    found: list[Finding] = []
+    for analysis in analyses:
+        cfg = analysis.config
+        if cfg.base is not None and cfg.recipe.flip_augmentation:
+            continue
+        results = analysis.results
+        found.append(norm_falls(cfg, analysis.model_norms, analysis.model_sizes))
+        if "dsire" in results and "frobenius-nn" in results:
+            found.append(dsire_beats_frobenius(cfg, results["dsire"], results["frobenius-nn"]))
+        if "dsire" in results:
+            near = near_paper(cfg, results["dsire"])
+            if near is not None:
+                found.append(near)
+            if analysis.first is not None:
+                found.append(training_helps(cfg, analysis.first, analysis.first_step, results["dsire"]))
+        flipped = by_name.get(cfg.with_overrides(flip_augmentation=True).name)
+        if flipped is not None and "dsire" in results and "dsire" in flipped.results:
+            found.append(flips_defend(cfg, results["dsire"], flipped.config, flipped.results["dsire"]))
+    return found
+
+
+def findings_table(findings: list[Finding]) -> str:
+    """The report's opening table: one row a finding."""
+    lines = ["| finding | config | paper | this build | holds |", "| --- | --- | --- | --- | --- |"]
+    for f in findings:
+        lines.append(f"| {f.claim} ({f.source}) | `{f.config}` | {f.paper} | {f.ours} | "
+                     f"{'yes' if f.holds else '**no**'} |")
+    return "\n".join(lines)
 
 
 def _cell(mean: float, std: float) -> str:
@@ -187,9 +237,17 @@ layers voting alone on the standard split:
 ![accuracy vs training micro-datasets]({paths['train']})
 """)
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    findings = paper_findings(analyses)
     body = f"""# LoRA-WiSE report
 
 Dataset: `{dataset}` · written {when} by `lora-wise`.
+
+## The paper's findings on this build
+
+{summary(findings)}, each computed from this build's models (`lora_wise.findings`; the thresholds
+and what the miniature can and cannot show: `docs/miniature.md`).
+
+{findings_table(findings)}
 
 ## Results (paper Table 2, on this build)
 
