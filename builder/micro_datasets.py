@@ -166,17 +166,13 @@ class SyntheticSource(ImageSource):
 
         return class_word(self._index(name))
 
-    def array(self, image_id: str) -> np.ndarray:
-        """The image as a (R, R, 3) uint8 array."""
-        from .synthetic_images import concept_image
-
-        name, _, image = image_id.partition("/")
-        return concept_image(self._index(name), int(image), self.resolution, kind=self.kind)
-
     def load(self, image_id: str):
         from PIL import Image
 
-        return Image.fromarray(self.array(image_id))
+        from .synthetic_images import concept_image
+
+        name, _, image = image_id.partition("/")
+        return Image.fromarray(concept_image(self._index(name), int(image), self.resolution, kind=self.kind))
 
 
 class FolderSource(ImageSource):

@@ -39,7 +39,7 @@ import numpy as np
 #: Bump when any image changes: builds record it (``synthetic-v<N>-<kind>-<first class>``), so a
 #: folder built from older images is never resumed with new ones.
 SYNTHETIC_VERSION = 2
-#: Textures of an object and the words captions would use for them.
+#: Textures an object's surface can have.
 TEXTURES: tuple[str, ...] = ("shaded", "stripes", "dots", "checker")
 #: Named colours (RGB in [0, 1]).
 COLOURS: dict[str, tuple[float, float, float]] = {
