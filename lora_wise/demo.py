@@ -56,7 +56,8 @@ def run_demo(out: str = "lora-wise", report_dir: str = DEFAULT_REPORT, configs: 
 
     from .configs import get_config
     from .data import feature_table
-    from .report import analyse, write_report
+    from .findings import summary as findings_summary
+    from .report import analyse, paper_findings, write_report
 
     names = list(configs or demo_configs())
     timings: dict[str, float] = {}
@@ -82,9 +83,6 @@ def run_demo(out: str = "lora-wise", report_dir: str = DEFAULT_REPORT, configs: 
         analyses.append(analysis)
         for result in analysis.results.values():
             echo(_indent(result.format()))
-    from .findings import summary as findings_summary
-    from .report import paper_findings
-
     findings = paper_findings(analyses)
     echo(f"      The paper's findings on this build: {findings_summary(findings)}")
     for finding in findings:

@@ -57,10 +57,6 @@ class Finding:
     holds: bool
     value: float       # the number the verdict is about (rho, a difference in accuracy, ...)
 
-    def to_dict(self) -> dict:
-        return {"key": self.key, "config": self.config, "source": self.source, "claim": self.claim,
-                "paper": self.paper, "ours": self.ours, "holds": self.holds, "value": self.value}
-
 
 def _points(fraction: float) -> str:
     return f"{100 * fraction:.1f}%"

@@ -91,9 +91,9 @@ def paper_counterpart(config: BenchmarkConfig, method: str) -> tuple[PaperResult
         if defense is not None:
             return defense, f"paper, Table 6 (the flip defense, {defense.backbone.upper()}, rank {defense.rank})"
         return None, "no paper figure (the paper's defense table reports DSiRe only)"
-    for row in paper_results():
-        if row.table == 2 and row.data_range == config.size_range and row.method == method:
-            return row, f"paper, Table 2 ({row.backbone.upper()}, rank {row.rank}, same size range)"
+    row = find_paper_result(table=2, data_range=config.size_range, method=method)
+    if row is not None:
+        return row, f"paper, Table 2 ({row.backbone.upper()}, rank {row.rank}, same size range)"
     return None, "no paper figure"
 
 
