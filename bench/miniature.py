@@ -43,7 +43,6 @@ from pathlib import Path
 
 LEVERS = ("passes", "lr", "diversity", "pretrain", "capacity", "resolution", "rank", "noise", "seed")
 SIZES = (1, 10, 20, 30, 40, 50)
-SOURCES = {"class": "synthetic-classes", "object": "synthetic-objects", "drawing": "synthetic-drawings"}
 
 
 def _name(key: str) -> str:
@@ -55,9 +54,8 @@ def _name(key: str) -> str:
 
 def settings(concepts: int) -> dict[str, list[dict]]:
     """Every lever's settings; ``{}`` changes nothing (the chosen recipe)."""
-    base: dict = {}
     return {
-        "passes": [dict(base, label="steps 75/150/300", snapshots=(75, 150, 300))],
+        "passes": [dict(label="steps 75/150/300", snapshots=(75, 150, 300))],
         "lr": [dict(label="lr 1e-4", lr=1e-4), dict(label="lr 3e-4"), dict(label="lr 1e-3", lr=1e-3)],
         "diversity": [dict(label="drawing", kind="drawing"), dict(label="object", kind="object"),
                       dict(label="class")],
@@ -82,7 +80,10 @@ def _key(setting: dict, concepts: int) -> str:
 
 
 def _config(setting: dict, concepts: int, name: str):
+    from lora_wise.builder.micro_datasets import SYNTHETIC_SOURCES
     from lora_wise.configs import MINI_RECIPE, MINIATURE, BenchmarkConfig
+
+    source = {kind: name for name, (kind, _) in SYNTHETIC_SOURCES.items()}[setting.get("kind", "class")]
 
     steps = setting.get("steps", MINI_RECIPE.max_train_steps)
     snapshots = tuple(setting.get("snapshots", (steps // 4, steps)))
@@ -92,7 +93,7 @@ def _config(setting: dict, concepts: int, name: str):
     count = setting.get("concepts", concepts)
     return BenchmarkConfig(
         name=name, description=f"bench/miniature.py: {setting['label']}", data_range="medium", dataset_sizes=SIZES,
-        image_source=SOURCES[setting.get("kind", "class")],
+        image_source=source,
         backbone=MINIATURE, backbone_name="mini-sd", rank=setting.get("rank", 8), recipe=recipe,
         snapshot_steps=snapshots, checkpoint_step=snapshots[-1], num_micro_datasets=count,
         num_train_micro_datasets=max(2, round(0.3 * count)), miniature=True)
@@ -121,7 +122,7 @@ def _build(job: tuple[str, dict, int, str]) -> tuple[str, float]:
     return key, took
 
 
-def _measure(setting: dict, concepts: int, out: str, name: str) -> dict:
+def _measure(setting: dict, concepts: int, out: str, name: str) -> list[dict]:
     import numpy as np
 
     from lora_wise.configs import register_config
@@ -133,12 +134,13 @@ def _measure(setting: dict, concepts: int, out: str, name: str) -> dict:
     rows = []
     for step in cfg.snapshot_steps:
         table = feature_table(out, name, step=step, progress=False)
-        means, rho = norm_trend(SIZES, table.norms["BA"].mean(axis=1), table.dataset_sizes)
+        norms = table.norms["BA"].mean(axis=1)
+        means, rho = norm_trend(SIZES, norms, table.dataset_sizes)
         dsire = run_protocol(table, cfg, "dsire", protocol="paper").mean("accuracy")
         frob = run_protocol(table, cfg, "frobenius-nn", protocol="paper").mean("accuracy")
         rows.append(dict(step=step, means=means, rho=rho, dsire=dsire, frob=frob,
                          cv=float(np.mean([np.std(v) / np.mean(v) for v in (
-                             table.norms["BA"].mean(axis=1)[table.dataset_sizes == s] for s in SIZES)]))))
+                             norms[table.dataset_sizes == s] for s in SIZES)]))))
     return rows
 
 
